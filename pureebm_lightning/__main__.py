@@ -1,0 +1,3 @@
+from pureebm_lightning.cli import main
+
+main()

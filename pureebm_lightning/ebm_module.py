@@ -1,0 +1,194 @@
+"""The EBM LightningModule: maximum-likelihood training with persistent Langevin chains."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import torch
+from lightning.pytorch import LightningModule
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import Tensor, nn
+
+from pureebm_lightning.chain_bank import ChainBank
+from pureebm_lightning.langevin import LangevinSampler
+
+CHECKPOINT_KEY = "chain_bank"
+_INJECTED = ["energy_net", "sampler", "optimizer", "lr_scheduler"]
+
+
+def _built_by_cli() -> bool:
+    from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
+
+    return _given_hyperparameters.get() is not None
+
+
+class NonFiniteError(RuntimeError):
+    """Raised when energies or chains stop being finite during EBM training."""
+
+
+def batch_images(batch: Any) -> Tensor:
+    """The image tensor of a batch that is either images or (images, labels, ...)."""
+    return batch[0] if isinstance(batch, (list, tuple)) else batch
+
+
+class EBMModule(LightningModule):
+    """Trains an energy network by maximum likelihood: loss = (mean E(x+) - mean E(x-)) / tau.
+
+    Positives are data plus ``data_noise`` Gaussian noise; negatives come from a per-device
+    :class:`ChainBank`, advanced ``sampler.n_steps`` Langevin steps per training step and written back,
+    each replaced with probability ``rejuvenation_prob`` by a fresh data image plus noise.
+
+    Args:
+        energy_net: the energy network (``SNGANResNetEnergy``, ``ConvNetEnergy`` or any module mapping
+            images to one energy each).
+        sampler: Langevin settings shared with purification (default: eps 1.25e-2, tau 1e-4, K 100).
+        bank_size: persistent chains per device (paper: 10,000 in total, 1,250 on each of 8 devices).
+        bank_init: "data" (training images plus ``data_noise``, the released code) or "uniform" (U(-1, 1)).
+        data_noise: std of the Gaussian noise added to positives, initial and rejuvenated chains.
+        rejuvenation_prob: probability that a chain written back is replaced by fresh data.
+        optimizer: optimiser factory (default: Adam, lr 1e-4).
+        lr_scheduler: optional scheduler factory (the configs use MultiStepLR [40, 75, 100] x0.1).
+        val_perturbation: l_inf size, in 8-bit pixel units /255, of the random sign perturbation whose
+            energy validation compares with the clean images' (default 16/255).
+    """
+
+    def __init__(
+        self,
+        energy_net: nn.Module,
+        sampler: LangevinSampler | None = None,
+        bank_size: int = 1250,
+        bank_init: Literal["data", "uniform"] = "data",
+        data_noise: float = 1.5e-2,
+        rejuvenation_prob: float = 0.05,
+        optimizer: OptimizerCallable | None = None,
+        lr_scheduler: LRSchedulerCallable | None = None,
+        val_perturbation: float = 16 / 255,
+    ) -> None:
+        super().__init__()
+        # Under LightningCLI the hparams are the (serialisable) config, energy net and sampler included, so
+        # `EBMModule.load_from_checkpoint(path)` rebuilds the whole module; built in Python, the injected
+        # objects are left out (the weights travel in the state dict anyway).
+        self.save_hyperparameters(ignore=None if _built_by_cli() else _INJECTED)
+        self.energy_net = energy_net
+        self.sampler = sampler if sampler is not None else LangevinSampler()
+        self.bank = ChainBank(bank_size)
+        self.bank_init = bank_init
+        self.data_noise = data_noise
+        self.rejuvenation_prob = rejuvenation_prob
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = lr_scheduler
+        self.val_perturbation = val_perturbation
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Per-image energies."""
+        return self.energy_net(x)
+
+    # -- optimisation ---------------------------------------------------------------------------------
+    def configure_optimizers(self) -> Any:
+        params = self.energy_net.parameters()
+        opt = self.optimizer_factory(params) if self.optimizer_factory else torch.optim.Adam(params, lr=1e-4)
+        if self.scheduler_factory is None:
+            return opt
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": self.scheduler_factory(opt), "interval": "epoch"}}
+
+    # -- the chain bank -------------------------------------------------------------------------------
+    def on_train_start(self) -> None:
+        if self.bank.initialized:  # restored from a checkpoint: continue with exactly those chains
+            self.bank.to(self.device)
+            return
+        loader = self.trainer.train_dataloader
+        images, count = [], 0
+        for batch in loader:
+            images.append(batch_images(batch))
+            count += images[-1].shape[0]
+            if self.bank_init == "uniform" or count >= self.bank.size:
+                break
+        data = torch.cat(images).to(self.device)
+        if self.bank_init == "uniform":
+            self.bank.init_uniform(tuple(data.shape[1:]), device=self.device)
+        else:
+            self.bank.init_from_data(data, self.data_noise)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # Runs on every rank: gather all ranks' chains into one (world_size, bank_size, C, H, W) tensor.
+        if not self.bank.initialized:
+            return
+        gathered = self.all_gather(self.bank.chains)
+        if self.trainer.world_size == 1:
+            gathered = gathered.unsqueeze(0)
+        checkpoint[CHECKPOINT_KEY] = gathered.detach().cpu()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        saved = checkpoint.get(CHECKPOINT_KEY)
+        if saved is None or self._trainer is None:  # no bank saved, or loaded for inference only
+            return
+        world, rank = self.trainer.world_size, self.trainer.global_rank
+        if saved.shape[0] == world:
+            chains = saved[rank]
+        else:
+            rank_zero_warn(
+                f"The checkpoint holds chain banks of {saved.shape[0]} devices and this run has {world}: "
+                "pooling them and giving each device an equal share."
+            )
+            chains = saved.flatten(0, 1).tensor_split(world)[rank]
+        if chains.shape[0] != self.hparams.bank_size:
+            rank_zero_warn(f"Resuming with the checkpoint's {chains.shape[0]} chains per device (bank_size is {self.hparams.bank_size}).")
+        self.bank.load(chains)
+
+    # -- steps ----------------------------------------------------------------------------------------
+    def _diverged(self, what: str) -> NonFiniteError:
+        return NonFiniteError(
+            f"{what} at global step {self.global_step} (epoch {self.current_epoch}). The EBM diverged: lower the "
+            f"learning rate (model.optimizer), or the Langevin step size (model.sampler.step_size = "
+            f"{self.sampler.step_size}), or raise the temperature (model.sampler.temperature = "
+            f"{self.sampler.temperature}); then resume from the last finite checkpoint with --ckpt_path."
+        )
+
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        x = batch_images(batch)
+        n = x.shape[0]
+        idx, start = self.bank.draw(n)
+        negatives, grad_norm = self.sampler.sample(self.energy_net, start)
+        if not torch.isfinite(negatives).all():
+            raise self._diverged("Non-finite Langevin chains")
+        fresh = x + self.data_noise * torch.randn_like(x)
+        rejuvenated = self.bank.write(idx, negatives, fresh, self.rejuvenation_prob)
+
+        positives = x + self.data_noise * torch.randn_like(x)
+        energy = self.energy_net(torch.cat([positives, negatives]))
+        e_pos, e_neg = energy[:n].mean(), energy[n:].mean()
+        loss = (e_pos - e_neg) / self.sampler.temperature
+        if not torch.isfinite(loss):
+            raise self._diverged(f"Non-finite energy (E(x+) = {e_pos.item()}, E(x-) = {e_neg.item()})")
+        self.log_dict(
+            {
+                "train/loss": loss,
+                "train/energy_pos": e_pos,
+                "train/energy_neg": e_neg,
+                "train/energy_gap": e_pos - e_neg,
+                "train/langevin_grad_norm": grad_norm,
+                "train/rejuvenated": rejuvenated,
+            },
+            on_step=True,
+            on_epoch=False,
+        )
+        return loss
+
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        """Energy of clean images vs the same images plus a random sign perturbation of l_inf ``val_perturbation``."""
+        x = batch_images(batch)
+        g = torch.Generator(device=x.device).manual_seed(batch_idx)
+        signs = torch.randint(0, 2, x.shape, generator=g, device=x.device, dtype=x.dtype).mul_(2).sub_(1)
+        perturbed = (x + signs * (2 * self.val_perturbation)).clamp_(-1, 1)  # [-1, 1] images: 1/255 is 2/255 here
+        e_clean, e_pert = self.energy_net(x), self.energy_net(perturbed)
+        self.log_dict(
+            {
+                "val/energy_clean": e_clean.mean(),
+                "val/energy_perturbed": e_pert.mean(),
+                "val/energy_gap": (e_pert - e_clean).mean(),
+                "val/perturbed_higher": (e_pert > e_clean).float().mean(),
+            },
+            on_epoch=True,
+            batch_size=x.shape[0],
+        )
