@@ -3,9 +3,10 @@
     python benchmarks/sampler_throughput.py                      # light ConvNet, digits-sized images
     python benchmarks/sampler_throughput.py --net sngan --image-size 32 --channels 3 --batch 32
 
-Three loops run interleaved in one process, each ``--repeats`` times; medians are reported in image-steps
+The loops run interleaved, in a rotating order, in one process, each ``--repeats`` times; medians are reported in image-steps
 per second (images x Langevin steps / wall seconds):
-- ``sampler``: ``LangevinSampler.sample`` (the project's hot loop);
+- ``sampler``: ``LangevinSampler.sample`` as purification runs it (the project's hot loop);
+- ``sampler+norm``: the same with ``track_grad_norm=True``, as EBM training runs it (logs the gradient norm);
 - ``bare autograd``: the minimal loop, ``grad = torch.autograd.grad(E(x).sum(), x)`` and a fresh tensor per step;
 - ``param grads``: the same step through ``E(x).sum().backward()``, which also forms every parameter
   gradient (what a sampler that does not restrict the backward pass pays).
@@ -50,7 +51,7 @@ def main() -> None:
     p.add_argument("--num-filters", type=int, default=None, help="default: 32 (convnet), 128 (sngan)")
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--repeats", type=int, default=12)
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = p.parse_args()
 
@@ -64,14 +65,17 @@ def main() -> None:
     x = torch.rand(args.batch, args.channels, args.image_size, args.image_size) * 2 - 1
     loops = {
         "sampler": lambda: sampler.sample(net, x),
+        "sampler+norm": lambda: sampler.sample(net, x, track_grad_norm=True),
         "bare autograd": lambda: bare_autograd(net, x, args.steps, sampler.drift, sampler.step_size),
         "param grads": lambda: with_param_grads(net, x, args.steps, sampler.drift, sampler.step_size),
     }
     for fn in loops.values():  # warm-up
         fn()
     times: dict[str, list[float]] = {name: [] for name in loops}
-    for _ in range(args.repeats):
-        for name, fn in loops.items():
+    names = list(loops)
+    for i in range(args.repeats):
+        for name in names[i % len(names):] + names[: i % len(names)]:  # rotate the order: no loop always runs first
+            fn = loops[name]
             t0 = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - t0)
@@ -84,6 +88,7 @@ def main() -> None:
     for name, r in rate.items():
         print(f"  {name:<14} {r:10.0f} image-steps/s")
     print(f"  sampler / bare autograd:          {rate['sampler'] / rate['bare autograd']:.3f}  (target >= 0.95)")
+    print(f"  sampler+norm / bare autograd:     {rate['sampler+norm'] / rate['bare autograd']:.3f}")
     print(f"  bare autograd / with param grads: {rate['bare autograd'] / rate['param grads']:.3f}  "
           "(the saving from skipping parameter gradients)")
 

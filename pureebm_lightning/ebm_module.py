@@ -149,7 +149,7 @@ class EBMModule(LightningModule):
         x = batch_images(batch)
         n = x.shape[0]
         idx, start = self.bank.draw(n)
-        negatives, grad_norm = self.sampler.sample(self.energy_net, start)
+        negatives, grad_norm = self.sampler.sample(self.energy_net, start, track_grad_norm=True)
         if not torch.isfinite(negatives).all():
             raise self._diverged("Non-finite Langevin chains")
         fresh = x + self.data_noise * torch.randn_like(x)
@@ -177,17 +177,23 @@ class EBMModule(LightningModule):
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         """Energy of clean images vs the same images plus a random sign perturbation of l_inf ``val_perturbation``."""
-        x = batch_images(batch)
+        self._log_energy_gap(batch_images(batch), batch_idx, "val")
+
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        """As validation, on the test split (``pureebm test``)."""
+        self._log_energy_gap(batch_images(batch), batch_idx, "test")
+
+    def _log_energy_gap(self, x: Tensor, batch_idx: int, split: str) -> None:
         g = torch.Generator(device=x.device).manual_seed(batch_idx)
         signs = torch.randint(0, 2, x.shape, generator=g, device=x.device, dtype=x.dtype).mul_(2).sub_(1)
         perturbed = (x + signs * (2 * self.val_perturbation)).clamp_(-1, 1)  # [-1, 1] images: 1/255 is 2/255 here
         e_clean, e_pert = self.energy_net(x), self.energy_net(perturbed)
         self.log_dict(
             {
-                "val/energy_clean": e_clean.mean(),
-                "val/energy_perturbed": e_pert.mean(),
-                "val/energy_gap": (e_pert - e_clean).mean(),
-                "val/perturbed_higher": (e_pert > e_clean).float().mean(),
+                f"{split}/energy_clean": e_clean.mean(),
+                f"{split}/energy_perturbed": e_pert.mean(),
+                f"{split}/energy_gap": (e_pert - e_clean).mean(),
+                f"{split}/perturbed_higher": (e_pert > e_clean).float().mean(),
             },
             on_epoch=True,
             batch_size=x.shape[0],

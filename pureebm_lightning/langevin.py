@@ -9,10 +9,10 @@ from torch import Tensor, nn
 
 
 class LangevinResult(NamedTuple):
-    """Final states of a Langevin run and the mean per-image norm of grad_x[E(x) / tau] over its steps."""
+    """Final states of a Langevin run and, when tracked, the mean per-image norm of grad_x[E(x) / tau] over its steps."""
 
     samples: Tensor
-    grad_norm: Tensor
+    grad_norm: Tensor | None
 
 
 class LangevinSampler:
@@ -77,21 +77,25 @@ class LangevinSampler:
         x: Tensor,
         n_steps: int | None = None,
         generator: torch.Generator | None = None,
+        track_grad_norm: bool = False,
     ) -> LangevinResult:
         """Run ``n_steps`` (default ``self.n_steps``) steps from ``x``; ``x`` itself is left unchanged.
 
         The state and the noise buffer are allocated once; each step updates them in place.
+        ``track_grad_norm`` also returns the mean per-image norm of grad_x[E / tau] (one reduction a step).
         """
         n_steps = self.n_steps if n_steps is None else n_steps
         state = x.detach().clone()
         noise = torch.empty_like(state)
-        grad_norm_sum = torch.zeros((), device=state.device, dtype=torch.float32)
+        grad_norm_sum = torch.zeros((), device=state.device, dtype=torch.float32) if track_grad_norm else None
         drift, eps = self.drift, self.step_size
         for _ in range(n_steps):
             _, grad = self.energy_grad(energy_net, state)
-            grad_norm_sum += grad.flatten(1).norm(dim=1).mean()
+            if grad_norm_sum is not None:
+                grad_norm_sum += grad.flatten(1).norm(dim=1).mean()
             state.add_(grad, alpha=-drift).add_(noise.normal_(generator=generator), alpha=eps)
             if self.clamp is not None:
                 state.clamp_(*self.clamp)
-        grad_norm = grad_norm_sum / (max(n_steps, 1) * self.temperature)
-        return LangevinResult(state, grad_norm)
+        if grad_norm_sum is not None:
+            grad_norm_sum /= max(n_steps, 1) * self.temperature
+        return LangevinResult(state, grad_norm_sum)

@@ -109,3 +109,6 @@ def test_validation_reports_the_energy_gap(tmp_path):
     assert set(metrics) == {"val/energy_clean", "val/energy_perturbed", "val/energy_gap", "val/perturbed_higher"}
     assert metrics["val/energy_gap"] == pytest.approx(metrics["val/energy_perturbed"] - metrics["val/energy_clean"], abs=1e-5)
     assert 0.0 <= metrics["val/perturbed_higher"] <= 1.0
+    # the same measurement on the test split (`pureebm test`), with the same perturbation for the same batch
+    test_metrics = t.test(module, digits(), verbose=False)[0]
+    assert set(test_metrics) == {k.replace("val/", "test/") for k in metrics}

@@ -34,12 +34,13 @@ def test_sample_uses_the_same_update_with_its_own_noise():
     net = LinearEnergy(torch.randn(1, 4, 4))
     sampler = LangevinSampler(step_size=0.05, temperature=0.1)
     x = torch.randn(3, 1, 4, 4)
-    result = sampler.sample(net, x, n_steps=1, generator=torch.Generator().manual_seed(7))
+    result = sampler.sample(net, x, n_steps=1, generator=torch.Generator().manual_seed(7), track_grad_norm=True)
     noise = torch.empty_like(x).normal_(generator=torch.Generator().manual_seed(7))
     assert torch.allclose(result.samples, sampler.step(net, x, noise), atol=1e-6)
     # grad_norm is the mean per-image norm of grad_x[E / tau]
     expected_norm = ((net.w + 2 * x).flatten(1).norm(dim=1) / 0.1).mean()
     assert result.grad_norm.item() == pytest.approx(expected_norm.item(), rel=1e-5)
+    assert sampler.sample(net, x, n_steps=1).grad_norm is None  # not tracked unless asked
 
 
 def test_quadratic_energy_gives_the_gaussian_mean_and_variance():
