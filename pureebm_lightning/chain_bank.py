@@ -39,7 +39,7 @@ class ChainBank:
         self.chains = chains.add_(noise, alpha=noise_std)
 
     def init_uniform(self, shape: tuple[int, ...], device: torch.device | str = "cpu", generator: torch.Generator | None = None) -> None:
-        """Fill the bank with U(-1, 1) noise images of ``shape`` (C, H, W)."""
+        """Fill the bank with U(-1, 1) noise images of ``shape`` (C, H, W); ``generator`` lives on ``device``."""
         self.chains = torch.rand((self.size, *shape), generator=generator, device=device).mul_(2).sub_(1)
 
     def load(self, chains: Tensor) -> None:
@@ -53,7 +53,7 @@ class ChainBank:
         return self
 
     def draw(self, n: int, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-        """``n`` distinct chains chosen uniformly at random: their indices and a copy of their states."""
+        """``n`` distinct chains chosen uniformly at random (``generator`` on the CPU): their indices and a copy of their states."""
         chains = self._require()
         if n > self.size:
             raise ValueError(f"cannot draw {n} chains from a bank of {self.size}: raise bank_size or lower the batch size")
@@ -69,7 +69,7 @@ class ChainBank:
         generator: torch.Generator | None = None,
     ) -> Tensor:
         """Write ``states`` back at ``idx``, each replaced by the matching ``fresh`` image with probability
-        ``rejuvenation_prob``. Returns the share of chains rejuvenated (a 0-dim tensor; no host sync)."""
+        ``rejuvenation_prob`` (``generator`` on the CPU). Returns the share rejuvenated (a 0-dim tensor, no host sync)."""
         chains = self._require()
         if fresh.shape != states.shape:
             raise ValueError(f"fresh images {tuple(fresh.shape)} must match the chain states {tuple(states.shape)}")

@@ -51,6 +51,9 @@ class EBMModule(LightningModule):
         lr_scheduler: optional scheduler factory (the configs use MultiStepLR [40, 75, 100] x0.1).
         val_perturbation: l_inf size, in 8-bit pixel units /255, of the random sign perturbation whose
             energy validation compares with the clean images' (default 16/255).
+        init_weights: a checkpoint whose energy-net weights and chain bank start this run, with this
+            run's settings and a fresh optimiser. (``--ckpt_path`` instead resumes a run exactly, with the
+            settings and optimiser state saved in the checkpoint.)
     """
 
     def __init__(
@@ -64,6 +67,7 @@ class EBMModule(LightningModule):
         optimizer: OptimizerCallable | None = None,
         lr_scheduler: LRSchedulerCallable | None = None,
         val_perturbation: float = 16 / 255,
+        init_weights: str | None = None,
     ) -> None:
         super().__init__()
         # Under LightningCLI the hparams are the (serialisable) config, energy net and sampler included, so
@@ -79,6 +83,9 @@ class EBMModule(LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = lr_scheduler
         self.val_perturbation = val_perturbation
+        self.init_weights = init_weights
+        self._rng: torch.Generator | None = None  # this rank's noise (on the device)
+        self._rng_cpu: torch.Generator | None = None  # this rank's chain choices and rejuvenation draws
 
     def forward(self, x: Tensor) -> Tensor:
         """Per-image energies."""
@@ -92,49 +99,67 @@ class EBMModule(LightningModule):
             return opt
         return {"optimizer": opt, "lr_scheduler": {"scheduler": self.scheduler_factory(opt), "interval": "epoch"}}
 
-    # -- the chain bank -------------------------------------------------------------------------------
+    # -- the chain bank and this rank's randomness -----------------------------------------------------
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and self.init_weights:
+            ckpt = torch.load(self.init_weights, map_location="cpu", weights_only=True)
+            self.load_state_dict(ckpt["state_dict"])
+            if CHECKPOINT_KEY in ckpt:
+                self._restore_bank(ckpt[CHECKPOINT_KEY])
+
     def on_train_start(self) -> None:
+        # seed_everything gives every rank the same seed: derive per-rank generators so that ranks draw
+        # different noise, chains and rejuvenations (and a resumed run does not replay its first steps).
+        seed = torch.initial_seed() + 1_000_003 * self.global_rank + self.global_step
+        self._rng = torch.Generator(device=self.device).manual_seed(seed)
+        self._rng_cpu = torch.Generator().manual_seed(seed)
         if self.bank.initialized:  # restored from a checkpoint: continue with exactly those chains
             self.bank.to(self.device)
             return
-        loader = self.trainer.train_dataloader
         images, count = [], 0
-        for batch in loader:
+        for batch in self.trainer.train_dataloader:
             images.append(batch_images(batch))
             count += images[-1].shape[0]
             if self.bank_init == "uniform" or count >= self.bank.size:
                 break
         data = torch.cat(images).to(self.device)
         if self.bank_init == "uniform":
-            self.bank.init_uniform(tuple(data.shape[1:]), device=self.device)
+            self.bank.init_uniform(tuple(data.shape[1:]), device=self.device, generator=self._rng)
         else:
-            self.bank.init_from_data(data, self.data_noise)
+            self.bank.init_from_data(data, self.data_noise, generator=self._rng)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Runs on every rank: gather all ranks' chains into one (world_size, bank_size, C, H, W) tensor.
         if not self.bank.initialized:
             return
-        gathered = self.all_gather(self.bank.chains)
-        if self.trainer.world_size == 1:
-            gathered = gathered.unsqueeze(0)
+        chains = self.bank.chains
+        gathered = self.all_gather(chains).reshape(self.trainer.world_size, *chains.shape)
         checkpoint[CHECKPOINT_KEY] = gathered.detach().cpu()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        saved = checkpoint.get(CHECKPOINT_KEY)
-        if saved is None or self._trainer is None:  # no bank saved, or loaded for inference only
-            return
+        if CHECKPOINT_KEY in checkpoint and self._trainer is not None:  # not when loaded for inference only
+            self._restore_bank(checkpoint[CHECKPOINT_KEY])
+
+    def _restore_bank(self, saved: Tensor) -> None:
+        """Give this rank its own slice of a saved (world_size, bank_size, ...) bank, or an equal share of the pool."""
         world, rank = self.trainer.world_size, self.trainer.global_rank
         if saved.shape[0] == world:
             chains = saved[rank]
         else:
+            pool = saved.flatten(0, 1)
+            share = pool.shape[0] // world
             rank_zero_warn(
-                f"The checkpoint holds chain banks of {saved.shape[0]} devices and this run has {world}: "
-                "pooling them and giving each device an equal share."
+                f"The checkpoint holds the chain banks of {saved.shape[0]} devices and this run has {world}: "
+                f"pooling their {pool.shape[0]} chains and giving each device {share}"
+                + (f" ({pool.shape[0] - share * world} left out)." if pool.shape[0] % world else ".")
             )
-            chains = saved.flatten(0, 1).tensor_split(world)[rank]
+            chains = pool[rank * share : (rank + 1) * share]
         if chains.shape[0] != self.hparams.bank_size:
-            rank_zero_warn(f"Resuming with the checkpoint's {chains.shape[0]} chains per device (bank_size is {self.hparams.bank_size}).")
+            rank_zero_warn(f"Continuing with {chains.shape[0]} chains per device from the checkpoint (bank_size is {self.hparams.bank_size}).")
         self.bank.load(chains)
+
+    def _noise_like(self, x: Tensor) -> Tensor:
+        return torch.randn(x.shape, generator=self._rng, device=x.device, dtype=x.dtype)
 
     # -- steps ----------------------------------------------------------------------------------------
     def _diverged(self, what: str) -> NonFiniteError:
@@ -142,25 +167,28 @@ class EBMModule(LightningModule):
             f"{what} at global step {self.global_step} (epoch {self.current_epoch}). The EBM diverged: lower the "
             f"learning rate (model.optimizer), or the Langevin step size (model.sampler.step_size = "
             f"{self.sampler.step_size}), or raise the temperature (model.sampler.temperature = "
-            f"{self.sampler.temperature}); then resume from the last finite checkpoint with --ckpt_path."
+            f"{self.sampler.temperature}), and start from the last finite checkpoint with "
+            "--model.init_args.init_weights PATH (--ckpt_path would restore the old settings)."
         )
 
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         x = batch_images(batch)
         n = x.shape[0]
-        idx, start = self.bank.draw(n)
-        negatives, grad_norm = self.sampler.sample(self.energy_net, start, track_grad_norm=True)
-        if not torch.isfinite(negatives).all():
-            raise self._diverged("Non-finite Langevin chains")
-        fresh = x + self.data_noise * torch.randn_like(x)
-        rejuvenated = self.bank.write(idx, negatives, fresh, self.rejuvenation_prob)
-
-        positives = x + self.data_noise * torch.randn_like(x)
+        idx, start = self.bank.draw(n, generator=self._rng_cpu)
+        negatives, grad_norm = self.sampler.sample(self.energy_net, start, generator=self._rng, track_grad_norm=True)
+        positives = x + self.data_noise * self._noise_like(x)
         energy = self.energy_net(torch.cat([positives, negatives]))
         e_pos, e_neg = energy[:n].mean(), energy[n:].mean()
         loss = (e_pos - e_neg) / self.sampler.temperature
-        if not torch.isfinite(loss):
-            raise self._diverged(f"Non-finite energy (E(x+) = {e_pos.item()}, E(x-) = {e_neg.item()})")
+
+        chains_ok, loss_ok = bool(torch.isfinite(negatives).all()), bool(torch.isfinite(loss))
+        # decided together so that every rank stops, not only the one that diverged
+        if self.trainer.strategy.reduce_boolean_decision(not (chains_ok and loss_ok), all=False):
+            what = "Non-finite Langevin chains" if not chains_ok else "Non-finite energy" if not loss_ok else "Non-finite values on another rank"
+            raise self._diverged(f"{what} (E(x+) = {e_pos.item():.4g}, E(x-) = {e_neg.item():.4g})")
+
+        fresh = x + self.data_noise * self._noise_like(x)
+        rejuvenated = self.bank.write(idx, negatives, fresh, self.rejuvenation_prob, generator=self._rng_cpu)
         self.log_dict(
             {
                 "train/loss": loss,
@@ -197,4 +225,5 @@ class EBMModule(LightningModule):
             },
             on_epoch=True,
             batch_size=x.shape[0],
+            sync_dist=True,
         )

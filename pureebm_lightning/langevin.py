@@ -63,14 +63,6 @@ class LangevinSampler:
             (grad,) = torch.autograd.grad(energy.sum(), x)
         return energy.detach(), grad
 
-    def step(self, energy_net: nn.Module, x: Tensor, noise: Tensor | None = None) -> Tensor:
-        """One Langevin step from ``x`` (returns a new tensor); ``noise`` is the N(0, I) draw, sampled if omitted."""
-        _, grad = self.energy_grad(energy_net, x)
-        if noise is None:
-            noise = torch.randn_like(x)
-        out = x.detach() - self.drift * grad + self.step_size * noise
-        return out.clamp_(*self.clamp) if self.clamp is not None else out
-
     def sample(
         self,
         energy_net: nn.Module,

@@ -36,7 +36,7 @@ def in_tmp(tmp_path, monkeypatch):
 
 def test_fit_digits_writes_a_checkpoint_with_the_bank_and_validates(in_tmp):
     main(["fit", "--config", str(CONFIGS / "ebm_digits.yaml"), *FAST])
-    ckpts = sorted(in_tmp.glob("runs/ebm_digits/version_0/checkpoints/*.ckpt"))
+    ckpts = sorted(in_tmp.glob("runs/ebm_digits/checkpoints/*.ckpt"))
     assert [c.name for c in ckpts] == ["epoch=0-step=4.ckpt", "last.ckpt"]
     ckpt = torch.load(ckpts[-1], weights_only=False)
     assert ckpt["global_step"] == 4
@@ -55,14 +55,18 @@ def test_fit_digits_writes_a_checkpoint_with_the_bank_and_validates(in_tmp):
     main(["validate", "--config", str(CONFIGS / "ebm_digits.yaml"), *FAST, f"--ckpt_path={ckpts[-1]}"])
 
 
-def test_resume_from_last_continues_the_run(in_tmp):
+def test_resume_with_ckpt_path_last_continues_the_run(in_tmp):
     main(["fit", "--config", str(CONFIGS / "ebm_digits.yaml"), *FAST])
-    last = in_tmp / "runs/ebm_digits/version_0/checkpoints/last.ckpt"
-    bank = torch.load(last, weights_only=False)[CHECKPOINT_KEY]
-    main(["fit", "--config", str(CONFIGS / "ebm_digits.yaml"), *FAST, "--trainer.max_steps=6", f"--ckpt_path={last}"])
-    resumed = torch.load(in_tmp / "runs/ebm_digits/version_1/checkpoints/last.ckpt", weights_only=False)
+    last = in_tmp / "runs/ebm_digits/checkpoints/last.ckpt"
+    first = torch.load(last, weights_only=False)
+    probe = '{"class_path": "tests.bank_probe.BankProbe", "init_args": {"out_dir": "probe", "tag": "resumed"}}'
+    main(["fit", "--config", str(CONFIGS / "ebm_digits.yaml"), *FAST, "--trainer.max_steps=6", "--ckpt_path=last", f"--trainer.callbacks+={probe}"])
+    # the second run started from the saved chains (a restart would have drawn a fresh bank from data)
+    assert torch.equal(torch.load(in_tmp / "probe/resumed_start_rank0.pt"), first[CHECKPOINT_KEY][0])
+    resumed = torch.load(last, weights_only=False)
     assert resumed["global_step"] == 6
-    assert resumed[CHECKPOINT_KEY].shape == bank.shape and not torch.equal(resumed[CHECKPOINT_KEY], bank)
+    assert not torch.equal(resumed[CHECKPOINT_KEY], first[CHECKPOINT_KEY])
+    assert (in_tmp / "runs/ebm_digits/version_1").is_dir()  # the resumed run logs as a new version
 
 
 @pytest.mark.parametrize("config", ["ebm.yaml", "ebm_digits.yaml"])
@@ -81,12 +85,12 @@ def test_print_config_shows_the_paper_defaults(config, capsys):
         assert printed["trainer"]["max_epochs"] == 120
 
 
-def test_help_lists_the_subcommands(capsys):
-    with pytest.raises(SystemExit) as exit_:
-        main(["--help"])
-    assert exit_.value.code == 0
-    out = capsys.readouterr().out
-    assert all(cmd in out for cmd in ("fit", "validate", "test", "predict"))
+def test_cinic10_data_config_swaps_the_data_module(capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", "--config", str(CONFIGS / "ebm.yaml"), "--config", str(CONFIGS / "data/cinic10_imagenet.yaml"), "--print_config"])
+    data = yaml.safe_load(capsys.readouterr().out)["data"]
+    assert data["class_path"] == "pureebm_lightning.data.ImageFolderDataModule"
+    assert data["init_args"]["file_pattern"] == "n*" and data["init_args"]["val_dir"] == "valid"
 
 
 def test_cifar_config_without_data_fails_at_once_saying_where(in_tmp):

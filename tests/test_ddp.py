@@ -16,7 +16,7 @@ from .conftest import CONFIGS, ROOT
 from .test_cli import FAST
 
 
-def run_fit(cwd, tag, devices, *extra):
+def run_fit(cwd, tag, devices, *extra, strategy="ddp"):
     overrides = cwd / f"{tag}.yaml"
     overrides.write_text(yaml.safe_dump({"trainer": {"callbacks": [
         {"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"save_last": True, "dirpath": str(cwd / tag)}},
@@ -25,7 +25,7 @@ def run_fit(cwd, tag, devices, *extra):
     cmd = [
         sys.executable, "-m", "pureebm_lightning", "fit", "--config", str(CONFIGS / "ebm_digits.yaml"),
         "--config", str(overrides), *FAST, "--trainer.accelerator=cpu", f"--trainer.devices={devices}",
-        "--trainer.strategy=ddp" if devices > 1 else "--trainer.strategy=auto", *extra,
+        f"--trainer.strategy={strategy}", *extra,
     ]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
@@ -39,7 +39,9 @@ def probe(cwd, tag, when, rank):
 
 @pytest.mark.slow
 def test_ddp_ranks_keep_their_own_banks_and_get_them_back(tmp_path):
-    last = run_fit(tmp_path, "first", 2)
+    last = run_fit(tmp_path, "first", 2, "--model.init_args.bank_init=uniform")
+    # seed_everything gives both ranks one seed; their own generators still draw different chains and noise
+    assert not torch.equal(probe(tmp_path, "first", "start", 0), probe(tmp_path, "first", "start", 1))
     ends = [probe(tmp_path, "first", "end", r) for r in (0, 1)]
     assert not torch.equal(ends[0], ends[1])  # no broadcast: the ranks' chains differ
     saved = torch.load(last, weights_only=False)[CHECKPOINT_KEY]
@@ -50,6 +52,7 @@ def test_ddp_ranks_keep_their_own_banks_and_get_them_back(tmp_path):
     for r in (0, 1):
         assert torch.equal(probe(tmp_path, "resumed", "start", r), ends[r])  # each rank resumes its own slice
 
-    # resuming the two-device run on one device pools both banks
-    run_fit(tmp_path, "single", 1, "--trainer.max_steps=6", f"--ckpt_path={last}")
+    # resuming the two-device run on one device (DDP with one process, as a one-GPU cluster job) pools both banks
+    single = run_fit(tmp_path, "single", 1, "--trainer.max_steps=6", f"--ckpt_path={last}")
     assert torch.equal(probe(tmp_path, "single", "start", 0), torch.cat(ends))
+    assert torch.load(single, weights_only=False)[CHECKPOINT_KEY].shape == (1, 128, 1, 8, 8)

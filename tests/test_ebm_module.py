@@ -35,9 +35,13 @@ def test_training_step_moves_energies_and_keeps_the_bank(tmp_path):
     trainer(tmp_path, 4).fit(module, digits())
     assert module.bank.chains.shape == (40, 1, 8, 8)
     assert torch.isfinite(module.bank.chains).all()
+    logged = trainer_metrics(module)
     for key in ["train/loss", "train/energy_pos", "train/energy_neg", "train/energy_gap", "train/langevin_grad_norm", "train/rejuvenated"]:
-        assert key in trainer_metrics(module), key
-    assert all(p.grad is None or torch.isfinite(p.grad).all() for p in module.parameters())
+        assert torch.isfinite(logged[key]), key
+    # the maximum-likelihood loss: (E(x+) - E(x-)) / tau
+    assert logged["train/energy_gap"] == pytest.approx((logged["train/energy_pos"] - logged["train/energy_neg"]).item())
+    assert logged["train/loss"].item() == pytest.approx(logged["train/energy_gap"].item() / 1e-4, rel=1e-4)
+    assert logged["train/langevin_grad_norm"] > 0 and 0 <= logged["train/rejuvenated"] <= 1
 
 
 def trainer_metrics(module):
@@ -96,10 +100,19 @@ class ExplodingEnergy(nn.Module):
         return e * float("nan") if self.calls > self.after else e
 
 
-def test_non_finite_chains_stop_the_run_naming_the_step(tmp_path):
-    module = EBMModule(ExplodingEnergy(after=5 * 2 + 1 + 2), bank_size=40, sampler=LangevinSampler(n_steps=5))
-    with pytest.raises(NonFiniteError, match=r"global step 2 .*step_size"):
-        trainer(tmp_path, 10).fit(module, digits())
+@pytest.mark.parametrize(
+    ("after", "step", "what"),
+    [
+        (5 * 2 + 1 + 2, 2, "Non-finite Langevin chains"),  # 6 calls a step (5 Langevin + 1 loss): NaN inside step 2's chain
+        (5, 0, "Non-finite energy"),  # the chains of step 0 are finite, its loss forward is not
+    ],
+)
+def test_non_finite_values_stop_the_run_naming_the_step(tmp_path, after, step, what):
+    module = EBMModule(ExplodingEnergy(after=after), bank_size=40, sampler=LangevinSampler(n_steps=5))
+    probe = BankProbe(str(tmp_path / "probe"), "run")
+    with pytest.raises(NonFiniteError, match=rf"{what} .*at global step {step} .*step_size.*init_weights"):
+        trainer(tmp_path, 10, [probe]).fit(module, digits())
+    assert torch.isfinite(module.bank.chains).all()  # nothing non-finite was written back
 
 
 def test_validation_reports_the_energy_gap(tmp_path):
@@ -112,3 +125,43 @@ def test_validation_reports_the_energy_gap(tmp_path):
     # the same measurement on the test split (`pureebm test`), with the same perturbation for the same batch
     test_metrics = t.test(module, digits(), verbose=False)[0]
     assert set(test_metrics) == {k.replace("val/", "test/") for k in metrics}
+
+
+def test_validation_perturbation_is_plus_minus_16_over_255_in_pixel_units(tmp_path):
+    class L1Energy(nn.Module):
+        def forward(self, x):
+            return x.abs().flatten(1).sum(1)
+
+    zeros = torch.utils.data.TensorDataset(torch.zeros(10, 1, 4, 4), torch.zeros(10, dtype=torch.long))
+    module = EBMModule(L1Energy(), bank_size=4)
+    loader = torch.utils.data.DataLoader(zeros, batch_size=5)
+    metrics = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False).validate(module, loader, verbose=False)[0]
+    # [-1, 1] images: 16/255 of the [0, 1] range is 32/255 here, on each of the 16 pixels
+    assert metrics["val/energy_perturbed"] == pytest.approx(16 * 32 / 255, rel=1e-6)
+    assert metrics["val/energy_clean"] == 0
+
+
+@pytest.mark.slow
+def test_training_teaches_the_energy_to_rank_clean_digits_below_perturbed_ones(tmp_path):
+    def share_higher(module):
+        t = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False)
+        return t.validate(module, DigitsDataModule(image_size=16), verbose=False)[0]["val/perturbed_higher"]
+
+    module = EBMModule(ConvNetEnergy(1, 32, 16), bank_size=200, sampler=LangevinSampler(n_steps=30))
+    before = share_higher(module)
+    trainer(tmp_path, 40).fit(module, DigitsDataModule(image_size=16, batch_size=64))
+    after = share_higher(module)
+    assert before < 0.7 and after > 0.85, (before, after)
+
+
+def test_init_weights_starts_from_a_checkpoint_with_new_settings(tmp_path):
+    ckpt_cb = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True)
+    first = small_module()
+    trainer(tmp_path, 3, [ckpt_cb, BankProbe(str(tmp_path / "probe"), "first")]).fit(first, digits())
+    weights = {k: v.clone() for k, v in first.state_dict().items()}
+
+    second = small_module(init_weights=str(tmp_path / "ckpt" / "last.ckpt"), optimizer=lambda p: torch.optim.SGD(p, lr=0.0))
+    trainer(tmp_path, 2, [BankProbe(str(tmp_path / "probe"), "second")]).fit(second, digits())
+    assert second.global_step == 2  # a new run, not a resume at step 3
+    assert torch.equal(torch.load(tmp_path / "probe" / "second_start_rank0.pt"), torch.load(tmp_path / "probe" / "first_end_rank0.pt"))
+    assert all(torch.equal(v, weights[k]) for k, v in second.state_dict().items())  # lr 0: still the loaded weights

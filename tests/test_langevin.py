@@ -18,29 +18,31 @@ class LinearEnergy(nn.Module):
 
 def test_one_step_matches_hand_computation():
     eps, tau = 0.1, 0.5
-    sampler = LangevinSampler(step_size=eps, temperature=tau, n_steps=1)
+    sampler = LangevinSampler(step_size=eps, temperature=tau)
     w = torch.tensor([[[1.0, -2.0], [0.5, 3.0]]])
     x = torch.tensor([[[[0.2, -0.4], [1.0, 0.0]]]])
-    noise = torch.tensor([[[[0.3, -1.0], [2.0, 0.5]]]])
+    result = sampler.sample(LinearEnergy(w), x, n_steps=1, generator=torch.Generator().manual_seed(7), track_grad_norm=True)
+    noise = torch.empty_like(x).normal_(generator=torch.Generator().manual_seed(7))  # the draw the step used
     # E = w.x + |x|^2  =>  grad E = w + 2x;  x' = x - eps^2 / (2 tau) * (w + 2x) + eps * noise
-    expected = torch.tensor([[[[0.2 - 0.01 * (1.0 + 0.4) + 0.03, -0.4 - 0.01 * (-2.0 - 0.8) - 0.1],
-                               [1.0 - 0.01 * (0.5 + 2.0) + 0.2, 0.0 - 0.01 * 3.0 + 0.05]]]])
-    out = sampler.step(LinearEnergy(w), x, noise)
-    assert torch.allclose(out, expected, atol=1e-6)
+    n = noise[0, 0]
+    expected = torch.tensor([[[[0.2 - 0.01 * (1.0 + 0.4) + 0.1 * n[0, 0], -0.4 - 0.01 * (-2.0 - 0.8) + 0.1 * n[0, 1]],
+                               [1.0 - 0.01 * (0.5 + 2.0) + 0.1 * n[1, 0], 0.0 - 0.01 * 3.0 + 0.1 * n[1, 1]]]]])
+    assert torch.allclose(result.samples, expected, atol=1e-6)
     assert sampler.drift == pytest.approx(0.01)
+    # grad_norm: the per-image norm of grad_x[E / tau] = |w + 2x| / tau
+    hand_norm = torch.tensor([1.4, -2.8, 2.5, 3.0]).norm().item() / tau
+    assert result.grad_norm.item() == pytest.approx(hand_norm, rel=1e-5)
+    assert sampler.sample(LinearEnergy(w), x, n_steps=1).grad_norm is None  # not tracked unless asked
 
 
-def test_sample_uses_the_same_update_with_its_own_noise():
+def test_a_fixed_generator_makes_sampling_reproducible():
     net = LinearEnergy(torch.randn(1, 4, 4))
     sampler = LangevinSampler(step_size=0.05, temperature=0.1)
     x = torch.randn(3, 1, 4, 4)
-    result = sampler.sample(net, x, n_steps=1, generator=torch.Generator().manual_seed(7), track_grad_norm=True)
-    noise = torch.empty_like(x).normal_(generator=torch.Generator().manual_seed(7))
-    assert torch.allclose(result.samples, sampler.step(net, x, noise), atol=1e-6)
-    # grad_norm is the mean per-image norm of grad_x[E / tau]
-    expected_norm = ((net.w + 2 * x).flatten(1).norm(dim=1) / 0.1).mean()
-    assert result.grad_norm.item() == pytest.approx(expected_norm.item(), rel=1e-5)
-    assert sampler.sample(net, x, n_steps=1).grad_norm is None  # not tracked unless asked
+    a = sampler.sample(net, x, n_steps=4, generator=torch.Generator().manual_seed(3)).samples
+    b = sampler.sample(net, x, n_steps=4, generator=torch.Generator().manual_seed(3)).samples
+    c = sampler.sample(net, x, n_steps=4, generator=torch.Generator().manual_seed(4)).samples
+    assert torch.equal(a, b) and not torch.equal(a, c)
 
 
 def test_quadratic_energy_gives_the_gaussian_mean_and_variance():

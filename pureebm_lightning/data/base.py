@@ -47,8 +47,8 @@ class ImageDataModule(LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, train=True)
 
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, train=False)
+    def val_dataloader(self) -> DataLoader | list:
+        return [] if self.val_set is None else self._loader(self.val_set, train=False)  # []: no validation
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.test_set if self.test_set is not None else self.val_set, train=False)
