@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+import sys
+
 from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
 
 
 def main(args: list[str] | None = None) -> None:
-    """Entry point of ``pureebm``; ``args`` replaces ``sys.argv[1:]`` (for tests)."""
+    """Entry point of ``pureebm``; ``args`` replaces ``sys.argv[1:]`` (for tests).
+
+    ``purify`` has its own parser: LightningCLI reserves ``--data`` for a data module, and
+    ``pureebm purify --data poisoned/`` must name a folder.
+    """
+    argv = sys.argv[1:] if args is None else list(args)
+    if argv[:1] == ["purify"]:
+        from pureebm_lightning.purification.command import purify
+
+        purify(argv[1:])
+        return
+    if argv[:1] in (["-h"], ["--help"]) or not argv:
+        print("pureebm purify --data POISONED_DIR --ckpt_path EBM.ckpt: purify a poisoned training set "
+              "(`pureebm purify --help` lists its options)\n")
     LightningCLI(  # models and data chosen by class_path in YAML
         LightningModule,
         LightningDataModule,

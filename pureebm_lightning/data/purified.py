@@ -1,0 +1,121 @@
+"""PurifiedDataModule: train on a poisoned set purified on the training device, without a separate step."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.pytorch import LightningDataModule
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from pureebm_lightning.purification.purified_store import PurifiedStore
+from pureebm_lightning.purification.purifier import Purifier, to_signed_unit
+from pureebm_lightning.purification.sources import PoisonedSource, SourceImages, open_source
+
+
+class _Labelled(Dataset):
+    """(uint8 image, label, source index) from a loader of images by index."""
+
+    def __init__(self, load: Any, labels: list[int]) -> None:
+        self.load, self.labels = load, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
+        return self.load(i), self.labels[i], i
+
+
+class PurifiedDataModule(LightningDataModule):
+    """Batches of (purified image in [-1, 1], label) from a poisoned set (any layout ``pureebm purify`` reads).
+
+    Default: each image is purified once, on the training device in batches, before training starts, and
+    cached under ``cache_dir/<checkpoint hash>-T<steps>-seed<seed>/`` in the ``pureebm purify`` layout, so
+    later epochs and later runs read it back. Under DDP each rank purifies its own share of what is not
+    cached yet. ``every_epoch=True`` instead purifies each batch after transfer to the device, with fresh
+    noise every epoch (nothing cached).
+
+    Args:
+        data: the poisoned folder.
+        ckpt_path: EBM checkpoint written by ``pureebm fit``.
+        steps: T (paper: 150). seed: noise seed.
+        cache_dir: where purified copies live (default: ``<data>_purify_cache`` beside the input).
+        every_epoch: re-purify every epoch instead of once.
+        batch_size: training batch size. purify_batch_size: batch size of the up-front purification.
+    """
+
+    def __init__(
+        self,
+        data: str,
+        ckpt_path: str,
+        steps: int = 150,
+        seed: int = 0,
+        cache_dir: str | None = None,
+        every_epoch: bool = False,
+        batch_size: int = 128,
+        purify_batch_size: int = 256,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        self.data, self.ckpt_path, self.steps, self.seed = data, ckpt_path, steps, seed
+        self.cache_dir, self.every_epoch = cache_dir, every_epoch
+        self.batch_size, self.purify_batch_size, self.num_workers = batch_size, purify_batch_size, num_workers
+        self.train_set: Dataset | None = None
+        self.purifier: Purifier | None = None
+        self.purified_now = 0  # images this process purified in setup (0 when all came from the cache)
+
+    def _device_rank_world(self) -> tuple[torch.device, int, int]:
+        if self.trainer is None:
+            return torch.device("cpu"), 0, 1
+        return self.trainer.strategy.root_device, self.trainer.global_rank, self.trainer.world_size
+
+    def _barrier(self, name: str) -> None:
+        if self.trainer is not None:
+            self.trainer.strategy.barrier(name)
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        source = open_source(self.data)
+        self.purifier = Purifier.from_checkpoint(self.ckpt_path, steps=self.steps, seed=self.seed)
+        self.purifier.check_input(source.shape, source.root)
+        device, rank, world = self._device_rank_world()
+        self.purifier.energy_net.to(device)
+        if self.every_epoch:
+            self.train_set = _Labelled(source.load, source.labels)
+            return
+        self.train_set = _Labelled(self._purify_into_cache(source, device, rank, world).load, source.labels)
+
+    def _purify_into_cache(self, source: PoisonedSource, device: torch.device, rank: int, world: int) -> PurifiedStore:
+        root = Path(self.cache_dir) if self.cache_dir else source.root.with_name(source.root.name + "_purify_cache")
+        key = f"{self.purifier.checkpoint_sha256[:16]}-T{self.steps}-seed{self.seed}"
+        store = PurifiedStore(source, root / key, self.purifier.settings())
+        store.check(overwrite=False)
+        todo = store.todo()
+        self._barrier("purify-cache-todo")  # every rank has its list before any rank writes
+        if rank == 0:
+            store.write_manifest(complete=False, done=len(source) - len(todo))
+        shard = todo[rank::world]
+        loader = DataLoader(SourceImages(source, shard), batch_size=self.purify_batch_size, num_workers=self.num_workers)
+        for images, indices in tqdm(loader, desc=f"Purifying {len(shard)} images (T = {self.steps})", disable=rank != 0 or not shard):
+            store.write(indices.tolist(), self.purifier(images.to(device), int(indices[0])), rank=rank)
+        self.purified_now = len(shard)
+        self._barrier("purify-cache-written")
+        if rank == 0:
+            store.finish()
+        self._barrier("purify-cache-finished")
+        return store
+
+    def train_dataloader(self) -> DataLoader:
+        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+        images, labels, indices = batch
+        if self.every_epoch:  # purify here, on the device, with this epoch's noise
+            epoch = self.trainer.current_epoch if self.trainer is not None else 0
+            with torch.inference_mode(False):
+                images = self.purifier(images, int(indices[0]), epoch=epoch + 1)
+        return to_signed_unit(images), labels

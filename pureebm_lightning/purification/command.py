@@ -1,0 +1,78 @@
+"""``pureebm purify --data poisoned/ --ckpt_path ebm.ckpt``: purify a poisoned training set on disk."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser
+from lightning.pytorch import Trainer
+from lightning.pytorch.utilities import rank_zero_info
+from torch.utils.data import DataLoader
+
+from pureebm_lightning.callbacks.purification import ImagesPerSecondBar, PurifiedWriter
+from pureebm_lightning.purification.diagnostics import diagnostic_points, write_diagnostics
+from pureebm_lightning.purification.purified_store import PurifiedStore
+from pureebm_lightning.purification.purifier import Purifier
+from pureebm_lightning.purification.purify_module import PurifyModule
+from pureebm_lightning.purification.sources import SourceImages, open_source
+
+TRAINER_OPTIONS_SET_HERE = {"callbacks", "logger", "inference_mode", "enable_checkpointing", "enable_progress_bar"}
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(
+        prog="pureebm purify",
+        description="Purify a poisoned training set: every training image becomes T Langevin steps of a trained EBM "
+        "started at it (clamped to [-1, 1], stored as 8 bits), written with the same layout and file names.",
+    )
+    parser.add_argument("--config", action=ActionConfigFile, help="YAML with any of the options below")
+    parser.add_argument("--data", type=str, required=True,
+                        help="poisoned folder: <class>/<file>, train/<class>/<file> (other splits copied), or poisoned_training_{data,labels}.npy")
+    parser.add_argument("--ckpt_path", type=str, required=True, help="EBM checkpoint written by `pureebm fit`")
+    parser.add_argument("--out", type=str | None, default=None, help="output folder (default: <data>_purified beside the input)")
+    parser.add_argument("--steps", type=int, default=150, help="T, Langevin steps per image (paper: 150 from scratch)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the Langevin noise")
+    parser.add_argument("--batch_size", type=int, default=128, help="images per batch and device")
+    parser.add_argument("--num_workers", type=int, default=2, help="data-loading worker processes per device")
+    parser.add_argument("--overwrite", action=ActionYesNo, default=False,
+                        help="replace another run's output in --out and purify every image again")
+    parser.add_argument("--diagnostics", action=ActionYesNo, default=False,
+                        help="record mean energy and L2 distance from the start along the chain: purify_diagnostics.csv/.png")
+    parser.add_argument("--diagnostic_points", type=int, default=10, help="intervals between recorded steps")
+    parser.add_class_arguments(Trainer, "trainer", instantiate=False, skip=TRAINER_OPTIONS_SET_HERE)
+    return parser
+
+
+def purify(argv: list[str]) -> None:
+    """Run ``pureebm purify`` with ``argv`` (the arguments after ``purify``)."""
+    cfg = build_parser().parse_args(argv)
+    source = open_source(cfg.data)
+    out = Path(cfg.out) if cfg.out else source.root.with_name(source.root.name + "_purified")
+    purifier = Purifier.from_checkpoint(cfg.ckpt_path, steps=cfg.steps, seed=cfg.seed)
+    purifier.check_input(source.shape, source.root)
+    store = PurifiedStore(source, out, purifier.settings())
+    store.check(cfg.overwrite)  # on every rank, before any writes: all refuse together
+
+    trainer_options = {k: v for k, v in cfg.trainer.as_dict().items() if k not in TRAINER_OPTIONS_SET_HERE}
+    trainer = Trainer(**trainer_options, inference_mode=False, logger=False, enable_checkpointing=False,
+                      callbacks=[PurifiedWriter(store), ImagesPerSecondBar()])
+    todo = store.todo(cfg.overwrite)
+    if trainer.is_global_zero:
+        store.write_manifest(complete=False, done=len(source) - len(todo))
+    if not todo:
+        if trainer.is_global_zero:
+            store.finish()
+        rank_zero_info(f"Nothing to do: all {len(source)} images of {source.root} are purified in {out}")
+        return
+    rank_zero_info(f"Purifying {len(todo)} of {len(source)} images of {source.root} ({len(source) - len(todo)} already "
+                   f"done) with T = {cfg.steps}, eps = {purifier.sampler.step_size}, tau = {purifier.sampler.temperature} into {out}")
+    points = diagnostic_points(cfg.steps, cfg.diagnostic_points) if cfg.diagnostics else None
+    module = PurifyModule(purifier, points)
+    loader = DataLoader(SourceImages(source, todo), batch_size=cfg.batch_size, num_workers=cfg.num_workers,
+                        persistent_workers=False)
+    trainer.predict(module, loader, return_predictions=False)
+    if trainer.is_global_zero:
+        if module.diagnostics is not None:
+            csv_path, png_path = write_diagnostics(module.diagnostics, out, title=f"{source.root.name}, T = {cfg.steps}")
+            rank_zero_info(f"Diagnostics: {csv_path}, {png_path}")
+        rank_zero_info(f"Purified {len(source)} images into {out}")

@@ -1,0 +1,149 @@
+"""Purified outputs: the input's layout and file names as 8-bit images, a manifest, and resumable writes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from pureebm_lightning import __version__
+from pureebm_lightning.purification.sources import NUMPY_DATA, NUMPY_LABELS, PoisonedSource
+
+MANIFEST = "manifest.json"
+#: settings that make two purifications of the same source the same run
+RUN_KEYS = ("source", "checkpoint_sha256", "steps", "step_size", "temperature", "seed")
+_PIL_FORMATS = Image.registered_extensions()
+
+
+class PurificationConflict(RuntimeError):
+    """The output folder holds another run's output."""
+
+
+class PurifiedStore:
+    """Writes purified images under ``out`` so that each file appears only complete (write, then rename).
+
+    An ImageFolder source is mirrored file by file (other splits copied unchanged when finished); a NumPy
+    source is written in chunks under ``out/.chunks`` and assembled into the same NumPy pair at the end.
+    What is already in ``out`` from the same run (same checkpoint hash, T, eps, tau, seed) counts as done.
+    """
+
+    def __init__(self, source: PoisonedSource, out: str | Path, settings: dict[str, Any]) -> None:
+        self.source, self.out = source, Path(out)
+        self.settings = {"source": str(source.root.resolve()), **settings}
+        self.chunks = self.out / ".chunks"
+
+    # -- the run's identity ---------------------------------------------------------------------------
+    def read_manifest(self) -> dict[str, Any] | None:
+        path = self.out / MANIFEST
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def check(self, overwrite: bool) -> None:
+        """Refuse (unless ``overwrite``) an output folder that holds another run's output or unknown files."""
+        if overwrite or not self.out.exists():
+            return
+        manifest = self.read_manifest()
+        if manifest is None:
+            if any(self.out.iterdir()):
+                raise PurificationConflict(f"{self.out} is not empty and has no {MANIFEST}: choose another --out or pass --overwrite")
+            return
+        different = {k: (manifest.get(k), self.settings.get(k)) for k in RUN_KEYS if manifest.get(k) != self.settings.get(k)}
+        if different:
+            listed = ", ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in different.items())
+            raise PurificationConflict(f"{self.out} holds the output of another purification ({listed}); pass --overwrite to replace it")
+
+    def write_manifest(self, complete: bool, done: int) -> None:
+        manifest = {
+            **self.settings, "format": self.source.kind, "split": self.source.split, "count": len(self.source),
+            "purified": done, "complete": complete, "copied": self.source.other_entries, "package_version": __version__,
+        }
+        self.out.mkdir(parents=True, exist_ok=True)
+        _atomic_write_bytes(self.out / MANIFEST, json.dumps(manifest, indent=2).encode())
+
+    # -- progress -------------------------------------------------------------------------------------
+    def todo(self, overwrite: bool = False) -> list[int]:
+        """Indices not yet purified by this run (all of them with ``overwrite``). Removes stale partial files."""
+        if self.out.exists():
+            for stale in self.out.rglob(".*.tmp*"):
+                stale.unlink(missing_ok=True)
+        if overwrite:
+            shutil.rmtree(self.chunks, ignore_errors=True)
+            return list(range(len(self.source)))
+        if self.source.kind == "numpy":
+            if (self.out / NUMPY_DATA).is_file() and (self.read_manifest() or {}).get("complete"):
+                return []
+            done = set()
+            for chunk in self.chunks.glob("*.npz") if self.chunks.is_dir() else []:
+                with np.load(chunk) as z:
+                    done.update(z["indices"].tolist())
+            return [i for i in range(len(self.source)) if i not in done]
+        return [i for i, key in enumerate(self.source.keys) if not (self.out / key).is_file()]
+
+    def write(self, indices: list[int], images: torch.Tensor, rank: int = 0) -> None:
+        """Store purified (N, C, H, W) uint8 ``images`` of the source ``indices``."""
+        arrays = images.permute(0, 2, 3, 1).cpu().numpy()
+        if self.source.kind == "numpy":
+            self.chunks.mkdir(parents=True, exist_ok=True)
+            path = self.chunks / f"{indices[0]:09d}-{rank}-{len(indices)}.npz"
+            tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+            with open(tmp, "wb") as f:
+                np.savez(f, indices=np.asarray(indices), images=arrays)
+            os.replace(tmp, path)
+            return
+        for i, arr in zip(indices, arrays):
+            path = self.out / self.source.keys[i]
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+            fmt = _PIL_FORMATS.get(path.suffix.lower(), "PNG")
+            img = Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr, self.source.mode)
+            img.save(tmp, format=fmt, **({"quality": 95, "subsampling": 0} if fmt == "JPEG" else {}))
+            os.replace(tmp, path)
+
+    def finish(self) -> None:
+        """Assemble NumPy chunks, copy the other splits, mark the manifest complete (call once, on one process)."""
+        remaining = self.todo()
+        if remaining:
+            self.write_manifest(complete=False, done=len(self.source) - len(remaining))
+            raise RuntimeError(f"{len(remaining)} images of {self.source.root} are not purified yet; run the same command again")
+        if self.source.kind == "numpy" and self.chunks.is_dir():
+            src = self.source._array
+            tmp = self.out / f".{NUMPY_DATA}.tmp{os.getpid()}"
+            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=src.shape)
+            for chunk in self.chunks.glob("*.npz"):
+                with np.load(chunk) as z:
+                    out[z["indices"]] = z["images"].reshape((-1, *src.shape[1:]))
+            out.flush()
+            del out
+            os.replace(tmp, self.out / NUMPY_DATA)
+            shutil.copy2(self.source.root / NUMPY_LABELS, self.out / NUMPY_LABELS)
+            shutil.rmtree(self.chunks)
+        for name in self.source.other_entries:
+            src, dst = self.source.root / name, self.out / name
+            if src.is_dir():
+                shutil.copytree(src, dst, dirs_exist_ok=True)
+            elif not dst.exists():
+                shutil.copy2(src, dst)
+        self.write_manifest(complete=True, done=len(self.source))
+
+    def load(self, i: int) -> torch.Tensor:
+        """Purified image ``i`` as (C, H, W) uint8 (after :meth:`finish` for NumPy sources)."""
+        if self.source.kind == "numpy":
+            if not hasattr(self, "_purified"):
+                self._purified = np.load(self.out / NUMPY_DATA, mmap_mode="r")
+            arr = np.array(self._purified[i])
+        else:
+            with Image.open(self.out / self.source.keys[i]) as img:
+                arr = np.array(img.convert(self.source.mode))
+        arr = arr[:, :, None] if arr.ndim == 2 else arr
+        return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)

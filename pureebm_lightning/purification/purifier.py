@@ -1,0 +1,112 @@
+"""Psi_T: T Langevin steps of a trained EBM from each image, clamped to [-1, 1] and quantised to 8 bits."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from pureebm_lightning.langevin import LangevinSampler
+from pureebm_lightning.purification.sources import PoisonedDataError
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def to_signed_unit(images: Tensor) -> Tensor:
+    """uint8 images to float in [-1, 1] (ToTensor, then Normalize(0.5, 0.5))."""
+    return images.float().div_(127.5).sub_(1.0)
+
+
+def to_uint8(x: Tensor) -> Tensor:
+    """[-1, 1] images to uint8, clamping first (what saving the release's PIL images does)."""
+    return x.clamp(-1.0, 1.0).add_(1.0).mul_(127.5).round_().to(torch.uint8)
+
+
+class Purifier:
+    """Purifies batches of uint8 images with an energy network and the training sampler's eps and tau.
+
+    Noise comes from a generator seeded by ``seed`` and the batch's first source index, so a batch of the
+    same images purifies identically on any device count. No initial noise; one sample per image.
+    """
+
+    def __init__(self, energy_net: nn.Module, sampler: LangevinSampler, steps: int = 150, seed: int = 0,
+                 checkpoint: str | None = None, checkpoint_sha256: str | None = None) -> None:
+        if steps < 0:
+            raise ValueError(f"steps must be >= 0, got {steps}")
+        self.energy_net, self.sampler, self.steps, self.seed = energy_net.eval(), sampler, steps, seed
+        self.checkpoint, self.checkpoint_sha256 = checkpoint, checkpoint_sha256
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, steps: int = 150, seed: int = 0) -> "Purifier":
+        """The energy net and sampler settings of an EBM checkpoint written by ``pureebm fit``."""
+        from pureebm_lightning.ebm_module import EBMModule
+
+        path = Path(path).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"EBM checkpoint not found: {path}")
+        try:
+            module = EBMModule.load_from_checkpoint(path, map_location="cpu")
+        except TypeError as err:  # no energy_net in the hyper-parameters
+            raise ValueError(
+                f"{path} does not record its energy network's configuration ({err}); use a checkpoint written by "
+                "`pureebm fit`, or build Purifier(energy_net, sampler) in Python"
+            ) from err
+        return cls(module.energy_net, module.sampler, steps, seed, str(path.resolve()), file_sha256(path))
+
+    def settings(self) -> dict[str, Any]:
+        """What identifies this purification (the manifest's run keys)."""
+        return {
+            "checkpoint": self.checkpoint, "checkpoint_sha256": self.checkpoint_sha256, "steps": self.steps,
+            "step_size": self.sampler.step_size, "temperature": self.sampler.temperature, "seed": self.seed,
+            "clamp": [-1.0, 1.0], "quantised_bits": 8,
+        }
+
+    def check_input(self, shape: tuple[int, int, int], where: str | Path) -> None:
+        """Fail before any work if the energy net cannot take (C, H, W) images."""
+        try:
+            with torch.no_grad():
+                param = next(self.energy_net.parameters(), None)
+                device = param.device if param is not None else "cpu"
+                energy = self.energy_net(torch.zeros(1, *shape, device=device))
+            ok = energy.shape == (1,)
+        except (RuntimeError, ValueError) as err:
+            raise PoisonedDataError(f"{where}: its {shape[0]}x{shape[1]}x{shape[2]} images do not fit the EBM ({self.checkpoint}): {err}") from err
+        if not ok:
+            raise PoisonedDataError(f"{where}: the EBM returns energies of shape {tuple(energy.shape)} for one image")
+
+    def generator(self, device: torch.device, first_index: int, epoch: int = 0) -> torch.Generator:
+        return torch.Generator(device=device).manual_seed(self.seed * 1_000_003 + epoch * 7_919 + first_index)
+
+    def __call__(self, images: Tensor, first_index: int, epoch: int = 0) -> Tensor:
+        """Purified uint8 copies of uint8 ``images`` (B, C, H, W), on their device."""
+        x = to_signed_unit(images)
+        gen = self.generator(x.device, first_index, epoch)
+        return to_uint8(self.sampler.sample(self.energy_net, x, self.steps, generator=gen).samples)
+
+    def trace(self, images: Tensor, first_index: int, points: list[int]) -> tuple[Tensor, Tensor, Tensor]:
+        """As :meth:`__call__`, also returning, at each step in ``points``, the summed energy and summed L2
+        distance from the start image over the batch (the paper's Figure 3)."""
+        x0 = to_signed_unit(images)
+        gen = self.generator(x0.device, first_index)
+        x, done = x0, 0
+        energy = torch.zeros(len(points), device=x0.device)
+        dist = torch.zeros(len(points), device=x0.device)
+        for k, point in enumerate(points):
+            if point > done:
+                x = self.sampler.sample(self.energy_net, x, point - done, generator=gen).samples
+                done = point
+            with torch.no_grad():
+                energy[k] = self.energy_net(x).sum()
+            dist[k] = (x - x0).flatten(1).norm(dim=1).sum()
+        if done < self.steps:
+            x = self.sampler.sample(self.energy_net, x, self.steps - done, generator=gen).samples
+        return to_uint8(x), energy, dist

@@ -1,0 +1,140 @@
+"""Poisoned training sets on disk (FORMATS.md): ImageFolder trees and the Witches' Brew NumPy pair."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
+from torchvision.datasets import ImageFolder
+from torchvision.datasets.folder import IMG_EXTENSIONS
+
+NUMPY_DATA = "poisoned_training_data.npy"
+NUMPY_LABELS = "poisoned_training_labels.npy"
+
+
+class PoisonedDataError(ValueError):
+    """A poisoned input that cannot be purified; the message names the file and the problem."""
+
+
+@dataclass
+class PoisonedSource:
+    """The training images of a poisoned set: keys (relative output paths, or indices), labels, one image shape.
+
+    ``kind`` is "image_folder" (``keys`` are paths relative to the output root, e.g. ``train/cat/7.png``)
+    or "numpy" (``keys`` are row numbers). ``other_entries`` are siblings of an image folder's ``train/``
+    split (``test/``, ``targets/``, ...), copied unchanged into the output: only training data is purified.
+    """
+
+    root: Path
+    kind: str
+    keys: list[str]
+    labels: list[int]
+    shape: tuple[int, int, int]
+    split: str = ""
+    other_entries: list[str] = field(default_factory=list)
+    _array: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @property
+    def mode(self) -> str:
+        """PIL mode of the images: "L" (grey) or "RGB"."""
+        return "L" if self.shape[0] == 1 else "RGB"
+
+    def path(self, i: int) -> Path:
+        return self.root / self.keys[i]
+
+    def load(self, i: int) -> torch.Tensor:
+        """Image ``i`` as a (C, H, W) uint8 tensor."""
+        if self.kind == "numpy":
+            arr = np.array(self._array[i])
+        else:
+            try:
+                with Image.open(self.path(i)) as img:
+                    arr = np.array(img.convert(self.mode))
+            except (OSError, UnidentifiedImageError) as err:
+                raise PoisonedDataError(f"{self.path(i)}: cannot read this image ({err})") from err
+        arr = arr[:, :, None] if arr.ndim == 2 else arr
+        if arr.shape[:2] != self.shape[1:]:
+            raise PoisonedDataError(f"{self.path(i) if self.kind != 'numpy' else f'row {i}'}: size {arr.shape[:2]} differs from {self.shape[1:]}")
+        return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+
+
+class SourceImages(Dataset):
+    """(uint8 image, source index) for the given indices of a source."""
+
+    def __init__(self, source: PoisonedSource, indices: list[int]) -> None:
+        self.source, self.indices = source, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, j: int) -> tuple[torch.Tensor, int]:
+        i = self.indices[j]
+        return self.source.load(i), i
+
+
+def open_source(root: str | Path) -> PoisonedSource:
+    """Find the poisoned training images under ``root``; fail with a clear message if there are none."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise PoisonedDataError(f"{root}: no such folder (expected an ImageFolder tree or {NUMPY_DATA})")
+    if (root / NUMPY_DATA).is_file():
+        return _open_numpy(root)
+    if (root / "train").is_dir():
+        others = sorted(p.name for p in root.iterdir() if p.name != "train" and not p.name.startswith("."))
+        return _open_image_folder(root, "train", others)
+    return _open_image_folder(root, "", [])
+
+
+def _open_numpy(root: Path) -> PoisonedSource:
+    data_path, labels_path = root / NUMPY_DATA, root / NUMPY_LABELS
+    try:
+        data = np.load(data_path, mmap_mode="r", allow_pickle=False)
+    except ValueError as err:
+        raise PoisonedDataError(f"{data_path}: not a plain NumPy array ({err})") from err
+    if data.dtype != np.uint8 or data.ndim not in (3, 4) or (data.ndim == 4 and data.shape[3] not in (1, 3)):
+        raise PoisonedDataError(f"{data_path}: expected uint8 N x H x W x 3 (or N x H x W) images, got {data.dtype} {data.shape}")
+    if len(data) == 0:
+        raise PoisonedDataError(f"{data_path}: holds no images")
+    if not labels_path.is_file():
+        raise PoisonedDataError(f"{labels_path}: missing (the NumPy pair needs its labels beside the images)")
+    labels = np.load(labels_path, allow_pickle=False)
+    if len(labels) != len(data):
+        raise PoisonedDataError(f"{labels_path}: {len(labels)} labels for {len(data)} images")
+    channels = 1 if data.ndim == 3 else data.shape[3]
+    return PoisonedSource(
+        root=root, kind="numpy", keys=[str(i) for i in range(len(data))], labels=[int(v) for v in labels],
+        shape=(channels, data.shape[1], data.shape[2]), _array=data,
+    )
+
+
+def _open_image_folder(root: Path, split: str, others: list[str]) -> PoisonedSource:
+    folder = root / split if split else root
+    try:
+        samples = ImageFolder(str(folder), loader=lambda p: p, is_valid_file=lambda p: p.lower().endswith(IMG_EXTENSIONS)).samples
+    except FileNotFoundError as err:
+        raise PoisonedDataError(f"{folder}: no images found ({err}); expected <class>/<image file> folders") from err
+    shape, keys, labels = None, [], []
+    for path, label in samples:  # headers only: sizes and channels must agree before any work starts
+        try:
+            with Image.open(path) as img:
+                channels = 1 if img.mode in ("L", "1", "I", "I;16", "F") else 3
+                this = (channels, img.height, img.width)
+        except (OSError, UnidentifiedImageError) as err:
+            raise PoisonedDataError(f"{path}: cannot read this image ({err})") from err
+        if shape is None:
+            shape, first = this, path
+        elif this != shape:
+            raise PoisonedDataError(
+                f"{path}: {this[0]} channel(s), {this[1]}x{this[2]} pixels, but {first} has {shape[0]}, "
+                f"{shape[1]}x{shape[2]}: all images of a set must share one size and channel count"
+            )
+        keys.append(str(Path(path).relative_to(root)))
+        labels.append(label)
+    return PoisonedSource(root=root, kind="image_folder", keys=keys, labels=labels, shape=shape, split=split, other_entries=others)
