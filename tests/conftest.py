@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -27,3 +28,61 @@ class QuadraticEnergy(nn.Module):
 @pytest.fixture(autouse=True)
 def _deterministic() -> None:
     torch.manual_seed(0)
+
+
+TINY_EBM = [
+    "--model.init_args.sampler.init_args.n_steps=2",
+    "--model.init_args.bank_size=64",
+    "--data.init_args.image_size=8",
+    "--model.init_args.energy_net.init_args.image_size=8",
+    "--model.init_args.energy_net.init_args.num_filters=8",
+    "--trainer.max_steps=2",
+    "--trainer.enable_progress_bar=false",
+    "--trainer.enable_model_summary=false",
+]
+
+
+def train_tiny_ebm(workdir: Path, rgb: bool) -> Path:
+    """A real EBM checkpoint from `pureebm fit` on 8x8 digits (grey, or RGB with 3 input channels), in seconds."""
+    import os
+
+    from pureebm_lightning.cli import main
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    cwd, argv = os.getcwd(), sys.argv
+    os.chdir(workdir)
+    sys.argv = ["pureebm"]
+    try:
+        extra = ["--data.init_args.rgb=true", "--model.init_args.energy_net.init_args.in_channels=3"] if rgb else []
+        main(["fit", "--config", str(CONFIGS / "ebm_digits.yaml"), *TINY_EBM, *extra])
+    finally:
+        os.chdir(cwd)
+        sys.argv = argv
+    return workdir / "runs/ebm_digits/checkpoints/last.ckpt"
+
+
+@pytest.fixture(scope="session")
+def grey_ebm(tmp_path_factory) -> Path:
+    return train_tiny_ebm(tmp_path_factory.mktemp("grey_ebm"), rgb=False)
+
+
+@pytest.fixture(scope="session")
+def rgb_ebm(tmp_path_factory) -> Path:
+    return train_tiny_ebm(tmp_path_factory.mktemp("rgb_ebm"), rgb=True)
+
+
+def write_digit_folder(root: Path, count: int = 40, rgb: bool = False, split: str = "train", size: int = 8) -> list[str]:
+    """Real digits as 8-bit PNGs under root/<split>/<label>/<index>.png; returns the relative paths."""
+    from PIL import Image
+
+    from pureebm_lightning.data.digits import digits_images
+
+    x, y = digits_images(size, rgb=rgb)
+    images = ((x[:count] + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+    keys = []
+    for i in range(count):
+        rel = Path(split) / str(int(y[i])) / f"{i}.png"
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(images[i] if rgb else images[i, :, :, 0], "RGB" if rgb else "L").save(root / rel)
+        keys.append(str(rel))
+    return keys

@@ -16,7 +16,7 @@ from pureebm_lightning.purification.purifier import Purifier
 from pureebm_lightning.purification.purify_module import PurifyModule
 from pureebm_lightning.purification.sources import SourceImages, open_source
 
-TRAINER_OPTIONS_SET_HERE = {"callbacks", "logger", "inference_mode", "enable_checkpointing", "enable_progress_bar"}
+TRAINER_OPTIONS_SET_HERE = {"callbacks", "logger", "inference_mode", "enable_checkpointing"}
 
 
 def build_parser() -> ArgumentParser:
@@ -54,8 +54,9 @@ def purify(argv: list[str]) -> None:
     store.check(cfg.overwrite)  # on every rank, before any writes: all refuse together
 
     trainer_options = {k: v for k, v in cfg.trainer.as_dict().items() if k not in TRAINER_OPTIONS_SET_HERE}
+    show_progress = trainer_options.get("enable_progress_bar") is not False
     trainer = Trainer(**trainer_options, inference_mode=False, logger=False, enable_checkpointing=False,
-                      callbacks=[PurifiedWriter(store), ImagesPerSecondBar()])
+                      callbacks=[PurifiedWriter(store), *([ImagesPerSecondBar()] if show_progress else [])])
     todo = store.todo(cfg.overwrite)
     if trainer.is_global_zero:
         store.write_manifest(complete=False, done=len(source) - len(todo))
