@@ -7,9 +7,8 @@
 Without ``--ckpt`` a 2-step EBM is fitted on the digits in a temporary folder (``configs/ebm_digits.yaml``: ConvNetEnergy,
 1x16x16, 32 filters); the poisoned input is an ImageFolder of 16x16 grey digit PNGs, repeated up to each size.
 On the smallest size, interleaved in a rotating order in one process, ``--repeats`` times (medians, images/s):
-- ``purify``: ``pureebm purify --overwrite`` in-process (read PNGs, purify, write PNGs atomically, manifest), timed
-  as ``command`` (the whole call: checkpoint hash and load, header scan, Trainer start-up) and as ``predict``
-  (from the Trainer's on_predict_start to the end of on_predict_end, which finishes the store: steady state);
+- ``purify``: the whole ``pureebm purify --overwrite`` call in-process (checkpoint hash and load, header scan,
+  Trainer start-up, read PNGs, purify, write PNGs atomically, manifest);
 - ``sampler``: ``LangevinSampler.sample(net, x, T)`` over the same images, already in memory as one float tensor,
   in batches of the same size, with the same net and sampler (``Purifier.from_checkpoint``).
 purify / sampler should be >= 0.9 (reading, writing and bookkeeping cost under 10%).
@@ -31,13 +30,10 @@ import time
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from unittest import mock
 
 import torch
-from lightning.pytorch import LightningModule, Trainer
 from PIL import Image
 
-from pureebm_lightning.callbacks.purification import ImagesPerSecondBar
 from pureebm_lightning.cli import main as cli_main
 from pureebm_lightning.data.digits import digits_images
 from pureebm_lightning.purification import Purifier, open_source
@@ -52,23 +48,6 @@ purify(sys.argv[1:])
 cuda = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else 0
 print("MAXRSS_KB", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, "CUDA_BYTES", cuda)
 """
-
-
-class TimedBar(ImagesPerSecondBar):
-    """The purify command's own progress bar, also timing on_predict_start to the end of on_predict_end (it comes
-    after PurifiedWriter in the callbacks, so that includes finishing the store)."""
-
-    seconds: float = 0.0
-
-    def on_predict_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._t0 = time.perf_counter()
-        super().on_predict_start(trainer, pl_module)
-
-    def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        super().on_predict_end(trainer, pl_module)
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        TimedBar.seconds = time.perf_counter() - self._t0
 
 
 def make_checkpoint(work: Path) -> Path:
@@ -101,16 +80,10 @@ def purify_argv(data: Path, ckpt: Path, out: Path, args: argparse.Namespace, ste
             "--trainer.accelerator", args.accelerator, "--trainer.devices", "1"]
 
 
-def run_purify(argv: list[str]) -> tuple[float, float]:
-    """(whole command, predict loop) wall seconds of one in-process purify; its progress bar is silenced."""
-    TimedBar.seconds = float("nan")  # the command must keep its progress bar on (the default) for this timing
-    with quiet(), mock.patch.object(command, "ImagesPerSecondBar", TimedBar):
-        t0 = time.perf_counter()
+def run_purify(argv: list[str]) -> None:
+    """One in-process ``pureebm purify`` with its progress bar and messages silenced."""
+    with quiet():
         command.purify(argv)
-        total = time.perf_counter() - t0
-    if TimedBar.seconds != TimedBar.seconds:
-        raise RuntimeError("purify ran without its ImagesPerSecondBar: the predict loop was not timed")
-    return total, TimedBar.seconds
 
 
 @contextlib.contextmanager
@@ -168,18 +141,14 @@ def main() -> None:
         loops = {"purify": lambda: run_purify(argv), "sampler": lambda: run_sampler(purifier, x, args.batch_size)}
         for fn in loops.values():  # warm-up
             fn()
-        times: dict[str, list[float]] = {"command": [], "predict": [], "sampler": []}
+        times: dict[str, list[float]] = {"purify": [], "sampler": []}
         names = list(loops)
         for i in range(args.repeats):
             for name in names[i % 2:] + names[: i % 2]:  # rotate the order: neither loop always runs first
                 torch.set_num_threads(args.threads)
                 t0 = time.perf_counter()
-                result = loops[name]()
-                if name == "purify":
-                    times["command"].append(result[0])
-                    times["predict"].append(result[1])
-                else:
-                    times["sampler"].append(time.perf_counter() - t0)
+                loops[name]()
+                times[name].append(time.perf_counter() - t0)
 
         mem_steps = args.memory_steps if args.memory_steps is not None else args.steps
         memory = [(n, *peak_memory(purify_argv(folder, ckpt, work / f"purified_mem_{k}", args, mem_steps), args.threads))
@@ -189,11 +158,10 @@ def main() -> None:
     print(f"purify {len(x)} x 1x16x16 digits, T = {args.steps}, batch {args.batch_size}, {args.accelerator}, "
           f"{args.repeats} interleaved repeats, {args.threads} threads, load average {os.getloadavg()[0]:.2f}, "
           f"torch {torch.__version__}")
-    print(f"  purify, whole command (incl. checkpoint load, header scan, Trainer start-up) {rate['command']:9.1f} images/s")
-    print(f"  purify, predict loop (read, purify, write, manifest; steady state)           {rate['predict']:9.1f} images/s")
-    print(f"  bare sampler loop (images in memory)                                          {rate['sampler']:9.1f} images/s")
-    print(f"  predict loop / bare sampler:  {rate['predict'] / rate['sampler']:.3f}  (target >= 0.9)")
-    print(f"  whole command / bare sampler: {rate['command'] / rate['sampler']:.3f}  (start-up included)")
+    print("  pureebm purify, whole command (checkpoint hash and load, header scan, Trainer start-up,")
+    print(f"    read, purify, write atomically, manifest)  {rate['purify']:9.1f} images/s")
+    print(f"  bare sampler loop (images in memory)         {rate['sampler']:9.1f} images/s")
+    print(f"  purify / bare sampler: {rate['purify'] / rate['sampler']:.3f}  (target >= 0.9)")
     print(f"peak memory of `pureebm purify` (fresh subprocess each, T = {mem_steps}, OMP_NUM_THREADS={args.threads}):")
     for n, rss, cuda in memory:
         print(f"  {n:>7} images: peak RSS {rss:8.1f} MiB" + (f", peak CUDA {cuda:8.1f} MiB" if cuda else ""))

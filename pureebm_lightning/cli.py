@@ -16,9 +16,14 @@ def main(args: list[str] | None = None) -> None:
     """
     argv = sys.argv[1:] if args is None else list(args)
     if argv[:1] == ["purify"]:
+        from pureebm_lightning.purification import PoisonedDataError
         from pureebm_lightning.purification.command import purify
+        from pureebm_lightning.purification.purified_store import PurificationConflict
 
-        purify(argv[1:])
+        try:
+            purify(argv[1:])
+        except (PoisonedDataError, PurificationConflict, FileNotFoundError) as err:  # the user's input: no traceback
+            raise SystemExit(f"pureebm purify: error: {err}") from err
         return
     if argv[:1] in (["-h"], ["--help"]) or not argv:
         print("pureebm purify --data POISONED_DIR --ckpt_path EBM.ckpt: purify a poisoned training set "

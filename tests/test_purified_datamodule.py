@@ -32,8 +32,8 @@ def test_purifies_once_caches_and_trains_on_purified_images(tmp_path, grey_ebm):
     dm = PurifiedDataModule(str(data), str(grey_ebm), steps=10, batch_size=8, cache_dir=str(tmp_path / "cache"))
     module = fit(dm, epochs=2)
     assert dm.purified_now == 24
-    (cache,) = (tmp_path / "cache").iterdir()  # <checkpoint hash>-T10-seed0, in `pureebm purify`'s layout
-    assert cache.name.endswith("-T10-seed0") and json.loads((cache / "manifest.json").read_text())["complete"]
+    (cache,) = (tmp_path / "cache").iterdir()  # <checkpoint>-<source>-T10-seed0-B256, in the purify layout
+    assert cache.name.endswith("-T10-seed0-B256") and json.loads((cache / "manifest.json").read_text())["complete"]
     for epoch, x, y in module.seen:
         assert x.shape == (8, 1, 8, 8) and x.dtype == torch.float32 and x.min() >= -1 and x.max() <= 1
     # labels travel with their images: match each seen image to its purified file
@@ -70,7 +70,8 @@ def test_under_ddp_each_rank_purifies_its_own_share(tmp_path, grey_ebm):
                           env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     reports = [json.loads((tmp_path / f"report.rank{r}").read_text()) for r in (0, 1)]
-    assert [r["purified_now"] for r in reports] == [10, 10]  # each image purified once, by one rank
+    # 5 blocks of 4 images: rank 0 takes blocks 0, 2, 4 and rank 1 blocks 1, 3; each image purified once
+    assert [r["purified_now"] for r in reports] == [12, 8]
     assert all(r["batches"] == 3 for r in reports)  # then each rank trains on its half of all 20 (batches of 4)
     cache = next((tmp_path / "poisoned_purify_cache").iterdir())
     assert len(list(cache.rglob("*.png"))) == 20

@@ -20,7 +20,6 @@ from PIL import Image
 from pureebm_lightning import __version__
 from pureebm_lightning.cli import main
 from pureebm_lightning.purification import PoisonedDataError, Purifier
-from pureebm_lightning.purification.purified_store import PurificationConflict
 from pureebm_lightning.purification.purifier import to_signed_unit, to_uint8
 
 from .conftest import ROOT, write_digit_folder
@@ -65,7 +64,7 @@ def test_grey_folder_with_splits_is_mirrored_with_a_complete_manifest(tmp_path, 
         "source": str(data.resolve()), "checkpoint": str(grey_ebm.resolve()),
         "checkpoint_sha256": hashlib.sha256(grey_ebm.read_bytes()).hexdigest(), "steps": 20, "step_size": 0.0125,
         "temperature": 0.0001, "seed": 0, "count": 40, "purified": 40, "complete": True, "format": "image_folder",
-        "split": "train", "copied": ["test"], "package_version": __version__,
+        "split": "train", "copied": ["test"], "package_version": __version__, "batch_size": 16,
     } == manifest
 
 
@@ -124,22 +123,58 @@ def test_a_run_killed_midway_finishes_on_rerun_without_redoing_or_losing_images(
     assert json.loads((out / "manifest.json").read_text())["complete"] is True
 
 
-def test_another_runs_output_is_refused_unless_overwrite(tmp_path, grey_ebm):
+def test_another_runs_output_is_refused_unless_overwrite_which_replaces_it_whole(tmp_path, grey_ebm):
     data, out = tmp_path / "poisoned", tmp_path / "out"
-    write_digit_folder(data, 8)
+    keys = write_digit_folder(data, 8)
     purify(data, grey_ebm, f"--out={out}")
-    before = (out / "manifest.json").read_text()
-    with pytest.raises(PurificationConflict, match=r"steps: 20 there, 30 now.*--overwrite"):
+    before = {k: (out / k).read_bytes() for k in keys}
+    manifest = (out / "manifest.json").read_text()
+    with pytest.raises(SystemExit, match=r"steps: 20 there, 30 now.*--overwrite"):
         main(["purify", f"--data={data}", f"--ckpt_path={grey_ebm}", f"--out={out}", "--steps=30", *QUIET])
-    assert (out / "manifest.json").read_text() == before
+    assert (out / "manifest.json").read_text() == manifest
+    (out / "train/0/leftover.png").write_bytes((out / keys[0]).read_bytes())  # e.g. an image since deleted from the input
     purify(data, grey_ebm, f"--out={out}", "--seed=1", "--overwrite")
     assert json.loads((out / "manifest.json").read_text())["seed"] == 1
+    assert files(out) == set(keys) | {"manifest.json"}  # the old run is gone, not mixed in
+    assert sum((out / k).read_bytes() != before[k] for k in keys) >= 6  # new noise, new images
 
-    stranger = tmp_path / "stranger"
-    stranger.mkdir()
-    (stranger / "notes.txt").write_text("mine")
-    with pytest.raises(PurificationConflict, match="not empty and has no manifest.json"):
-        purify(data, grey_ebm, f"--out={stranger}")
+    for stranger in (tmp_path / "stranger", data / "inside"):
+        stranger.mkdir()
+        (stranger / "notes.txt").write_text("mine")
+        with pytest.raises(SystemExit, match="not a purify output|inside the poisoned folder"):
+            purify(data, grey_ebm, f"--out={stranger}", "--overwrite")
+        assert (stranger / "notes.txt").read_text() == "mine"
+
+
+def test_numpy_run_interrupted_after_one_block_resumes_block_by_block(tmp_path, grey_ebm, monkeypatch):
+    from pureebm_lightning.data.digits import digits_images
+    from pureebm_lightning.purification.purified_store import PurifiedStore
+
+    x, y = digits_images(8)
+    data = tmp_path / "npy"
+    data.mkdir()
+    np.save(data / "poisoned_training_data.npy", ((x[:20, 0] + 1) * 127.5).round().byte().numpy())
+    np.save(data / "poisoned_training_labels.npy", y[:20].numpy())
+    purify(data, grey_ebm, f"--out={tmp_path / 'whole'}", "--batch_size=8")
+
+    write, calls = PurifiedStore.write, []
+
+    def write_then_die(self, indices, images, rank=0):
+        if calls:
+            raise KeyboardInterrupt  # killed during the second block
+        calls.append(indices)
+        write(self, indices, images, rank)
+
+    monkeypatch.setattr(PurifiedStore, "write", write_then_die)
+    with pytest.raises(SystemExit):  # Lightning turns Ctrl-C into a graceful exit
+        purify(data, grey_ebm, f"--out={tmp_path / 'out'}", "--batch_size=8")
+    assert calls == [list(range(8))] and len(list((tmp_path / "out/.chunks").glob("*.npz"))) == 1
+    monkeypatch.setattr(PurifiedStore, "write", write)
+    purify(data, grey_ebm, f"--out={tmp_path / 'out'}", "--batch_size=8")
+    resumed = np.load(tmp_path / "out/poisoned_training_data.npy")
+    # blocks are seeded by (seed, block), so an interrupted run ends exactly where an uninterrupted one does
+    assert np.array_equal(resumed, np.load(tmp_path / "whole/poisoned_training_data.npy"))
+    assert not (tmp_path / "out/.chunks").exists()
 
 
 def truncated(root):
@@ -167,6 +202,14 @@ def mixed_sizes(root):
     return odd
 
 
+def with_alpha(root):
+    write_digit_folder(root, 4)
+    rgba = root / "train/2/rgba.png"
+    rgba.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGBA", (8, 8)).save(rgba)
+    return rgba
+
+
 def empty(root):
     (root / "train").mkdir(parents=True)
     return root / "train"
@@ -188,17 +231,20 @@ def too_big_for_the_ebm(root):
         (truncated, "cannot read this image"),
         (not_an_image, "cannot read this image"),
         (mixed_sizes, "all images of a set must share one size"),
+        (with_alpha, "image mode RGBA is not supported"),
         (empty, "no images found"),
         (rgb_for_grey_ebm, "do not fit the EBM"),
-        (too_big_for_the_ebm, "do not fit the EBM"),
+        (too_big_for_the_ebm, "which was trained on 1x8x8 images"),
     ],
 )
 def test_bad_input_fails_naming_the_file_and_leaves_no_partial_file(tmp_path, grey_ebm, make, problem):
     data, out = tmp_path / "poisoned", tmp_path / "out"
     culprit = make(data)
-    with pytest.raises(PoisonedDataError) as err:
+    with pytest.raises(SystemExit) as err:  # the user sees one line, no traceback
         purify(data, grey_ebm, f"--out={out}", "--batch_size=1")
-    assert str(culprit) in str(err.value) and problem in str(err.value)
+    assert isinstance(err.value.__cause__, PoisonedDataError)
+    assert str(err.value.code).startswith("pureebm purify: error: ")
+    assert str(culprit) in str(err.value.code) and problem in str(err.value.code)
     written = [p for p in out.rglob("*") if p.is_file()] if out.exists() else []
     assert not [p for p in written if ".tmp" in p.name]
     for p in written:  # whatever was finished before the failure is a complete image of this run
@@ -238,6 +284,7 @@ def test_purifier_maths(grey_ebm):
     once = purifier(images, first_index=7)
     assert torch.equal(purifier(images, first_index=7), once)  # same images, same seed: same result
     assert not torch.equal(purifier(images, first_index=8), once)
+    assert not torch.equal(purifier(images, first_index=7, epoch=1), once)  # re-purifying each epoch: new noise
     traced, energy, dist = purifier.trace(images, 7, [0, 4, 12])
     assert torch.equal(traced, once) and dist[0] == 0 and energy.shape == (3,)
 
@@ -256,5 +303,7 @@ def test_two_process_ddp_purify_equals_the_one_process_file_set(tmp_path, grey_e
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr[-3000:]
     assert files(outs[1]) == files(outs[2]) == set(keys) | {"manifest.json"}
+    # noise is seeded per block, not per device: two devices give the very same images as one
+    assert all((outs[1] / k).read_bytes() == (outs[2] / k).read_bytes() for k in keys)
     m1, m2 = (json.loads((outs[d] / "manifest.json").read_text()) for d in (1, 2))
     assert m1["purified"] == m2["purified"] == 25 and m2["complete"]

@@ -25,9 +25,16 @@ class PurifiedWriter(BasePredictionWriter):
 
     def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         trainer.strategy.barrier("purified")
+        error = None
         if trainer.is_global_zero:
-            self.store.finish()
+            try:
+                self.store.finish()
+            except Exception as err:  # told to every rank below, so that none waits for rank 0
+                error = f"{type(err).__name__}: {err}"
+        error = trainer.strategy.broadcast(error, src=0)
         trainer.strategy.barrier("finished")
+        if error is not None:
+            raise RuntimeError(f"Finishing the purified output failed on rank 0: {error}")
 
 
 class ImagesPerSecondBar(TQDMProgressBar):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ from tqdm.auto import tqdm
 
 from pureebm_lightning.purification.purified_store import PurifiedStore
 from pureebm_lightning.purification.purifier import Purifier, to_signed_unit
-from pureebm_lightning.purification.sources import PoisonedSource, SourceImages, open_source
+from pureebm_lightning.purification.sources import BlockBatches, PoisonedSource, SourceImages, open_source
 
 
 class _Labelled(Dataset):
@@ -32,7 +33,8 @@ class PurifiedDataModule(LightningDataModule):
     """Batches of (purified image in [-1, 1], label) from a poisoned set (any layout ``pureebm purify`` reads).
 
     Default: each image is purified once, on the training device in batches, before training starts, and
-    cached under ``cache_dir/<checkpoint hash>-T<steps>-seed<seed>/`` in the ``pureebm purify`` layout, so
+    cached under ``cache_dir/<checkpoint hash>-<source hash>-T<steps>-seed<seed>-B<purify_batch_size>/`` in
+    the ``pureebm purify`` layout, so
     later epochs and later runs read it back. Under DDP each rank purifies its own share of what is not
     cached yet. ``every_epoch=True`` instead purifies each batch after transfer to the device, with fresh
     noise every epoch (nothing cached).
@@ -90,22 +92,29 @@ class PurifiedDataModule(LightningDataModule):
 
     def _purify_into_cache(self, source: PoisonedSource, device: torch.device, rank: int, world: int) -> PurifiedStore:
         root = Path(self.cache_dir) if self.cache_dir else source.root.with_name(source.root.name + "_purify_cache")
-        key = f"{self.purifier.checkpoint_sha256[:16]}-T{self.steps}-seed{self.seed}"
-        store = PurifiedStore(source, root / key, self.purifier.settings())
+        source_key = hashlib.sha256(str(source.root.resolve()).encode()).hexdigest()[:8]
+        key = f"{self.purifier.checkpoint_sha256[:12]}-{source_key}-T{self.steps}-seed{self.seed}-B{self.purify_batch_size}"
+        store = PurifiedStore(source, root / key, {**self.purifier.settings(), "batch_size": self.purify_batch_size})
         store.check(overwrite=False)
-        todo = store.todo()
-        self._barrier("purify-cache-todo")  # every rank has its list before any rank writes
         if rank == 0:
-            store.write_manifest(complete=False, done=len(source) - len(todo))
-        shard = todo[rank::world]
-        loader = DataLoader(SourceImages(source, shard), batch_size=self.purify_batch_size, num_workers=self.num_workers)
-        for images, indices in tqdm(loader, desc=f"Purifying {len(shard)} images (T = {self.steps})", disable=rank != 0 or not shard):
+            store.prepare(overwrite=False)
+        self._barrier("purify-cache-prepared")  # every rank lists what is missing only after rank 0 prepared
+        mine = store.todo_blocks(self.purify_batch_size)[rank::world]
+        loader = DataLoader(SourceImages(source), batch_sampler=BlockBatches(mine), num_workers=self.num_workers)
+        for images, indices in tqdm(loader, desc=f"Purifying (T = {self.steps})", disable=rank != 0 or not mine):
             store.write(indices.tolist(), self.purifier(images.to(device), int(indices[0])), rank=rank)
-        self.purified_now = len(shard)
+        self.purified_now = sum(len(b) for b in mine)
         self._barrier("purify-cache-written")
+        error = None
         if rank == 0:
-            store.finish()
-        self._barrier("purify-cache-finished")
+            try:
+                store.finish()
+            except Exception as err:  # told to every rank, so that none waits for rank 0
+                error = f"{type(err).__name__}: {err}"
+        if self.trainer is not None:
+            error = self.trainer.strategy.broadcast(error, src=0)
+        if error is not None:
+            raise RuntimeError(f"Finishing the purification cache {store.out} failed: {error}")
         return store
 
     def train_dataloader(self) -> DataLoader:
@@ -116,6 +125,5 @@ class PurifiedDataModule(LightningDataModule):
         images, labels, indices = batch
         if self.every_epoch:  # purify here, on the device, with this epoch's noise
             epoch = self.trainer.current_epoch if self.trainer is not None else 0
-            with torch.inference_mode(False):
-                images = self.purifier(images, int(indices[0]), epoch=epoch + 1)
+            images = self.purifier(images, int(indices[0]), epoch=epoch + 1)
         return to_signed_unit(images), labels

@@ -7,16 +7,15 @@ from pathlib import Path
 from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser
 from lightning.pytorch import Trainer
 from lightning.pytorch.utilities import rank_zero_info
-from torch.utils.data import DataLoader
 
 from pureebm_lightning.callbacks.purification import ImagesPerSecondBar, PurifiedWriter
 from pureebm_lightning.purification.diagnostics import diagnostic_points, write_diagnostics
 from pureebm_lightning.purification.purified_store import PurifiedStore
 from pureebm_lightning.purification.purifier import Purifier
 from pureebm_lightning.purification.purify_module import PurifyModule
-from pureebm_lightning.purification.sources import SourceImages, open_source
+from pureebm_lightning.purification.sources import PoisonedDataError, open_source
 
-TRAINER_OPTIONS_SET_HERE = {"callbacks", "logger", "inference_mode", "enable_checkpointing"}
+TRAINER_OPTIONS_SET_HERE = {"callbacks", "logger", "inference_mode", "enable_checkpointing", "use_distributed_sampler"}
 
 
 def build_parser() -> ArgumentParser:
@@ -32,7 +31,8 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--out", type=str | None, default=None, help="output folder (default: <data>_purified beside the input)")
     parser.add_argument("--steps", type=int, default=150, help="T, Langevin steps per image (paper: 150 from scratch)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the Langevin noise")
-    parser.add_argument("--batch_size", type=int, default=128, help="images per batch and device")
+    parser.add_argument("--batch_size", type=int, default=128,
+                        help="images per batch and device; also the block whose noise is seeded together (results depend on it)")
     parser.add_argument("--num_workers", type=int, default=2, help="data-loading worker processes per device")
     parser.add_argument("--overwrite", action=ActionYesNo, default=False,
                         help="replace another run's output in --out and purify every image again")
@@ -46,34 +46,29 @@ def build_parser() -> ArgumentParser:
 def purify(argv: list[str]) -> None:
     """Run ``pureebm purify`` with ``argv`` (the arguments after ``purify``)."""
     cfg = build_parser().parse_args(argv)
+    if cfg.diagnostic_points < 1:
+        raise PoisonedDataError(f"--diagnostic_points must be at least 1, got {cfg.diagnostic_points}")
     source = open_source(cfg.data)
-    out = Path(cfg.out) if cfg.out else source.root.with_name(source.root.name + "_purified")
+    out = Path(cfg.out) if cfg.out else source.root.resolve().with_name(source.root.resolve().name + "_purified")
     purifier = Purifier.from_checkpoint(cfg.ckpt_path, steps=cfg.steps, seed=cfg.seed)
     purifier.check_input(source.shape, source.root)
-    store = PurifiedStore(source, out, purifier.settings())
-    store.check(cfg.overwrite)  # on every rank, before any writes: all refuse together
+    store = PurifiedStore(source, out, {**purifier.settings(), "batch_size": cfg.batch_size})
+    store.check(cfg.overwrite)  # read-only, on every rank before anything starts: all refuse together
+    manifest = store.read_manifest()
+    if not cfg.overwrite and manifest and manifest.get("complete"):
+        rank_zero_info(f"Nothing to do: all {len(source)} images of {source.root} are purified in {out}")
+        return
 
     trainer_options = {k: v for k, v in cfg.trainer.as_dict().items() if k not in TRAINER_OPTIONS_SET_HERE}
     show_progress = trainer_options.get("enable_progress_bar") is not False
-    trainer = Trainer(**trainer_options, inference_mode=False, logger=False, enable_checkpointing=False,
+    trainer = Trainer(**trainer_options, inference_mode=False, use_distributed_sampler=False, logger=False,
+                      enable_checkpointing=False,
                       callbacks=[PurifiedWriter(store), *([ImagesPerSecondBar()] if show_progress else [])])
-    todo = store.todo(cfg.overwrite)
-    if trainer.is_global_zero:
-        store.write_manifest(complete=False, done=len(source) - len(todo))
-    if not todo:
-        if trainer.is_global_zero:
-            store.finish()
-        rank_zero_info(f"Nothing to do: all {len(source)} images of {source.root} are purified in {out}")
-        return
-    rank_zero_info(f"Purifying {len(todo)} of {len(source)} images of {source.root} ({len(source) - len(todo)} already "
-                   f"done) with T = {cfg.steps}, eps = {purifier.sampler.step_size}, tau = {purifier.sampler.temperature} into {out}")
     points = diagnostic_points(cfg.steps, cfg.diagnostic_points) if cfg.diagnostics else None
-    module = PurifyModule(purifier, points)
-    loader = DataLoader(SourceImages(source, todo), batch_size=cfg.batch_size, num_workers=cfg.num_workers,
-                        persistent_workers=False)
-    trainer.predict(module, loader, return_predictions=False)
+    module = PurifyModule(purifier, store, cfg.batch_size, cfg.overwrite, cfg.num_workers, points)
+    trainer.predict(module, return_predictions=False)
     if trainer.is_global_zero:
         if module.diagnostics is not None:
             csv_path, png_path = write_diagnostics(module.diagnostics, out, title=f"{source.root.name}, T = {cfg.steps}")
-            rank_zero_info(f"Diagnostics: {csv_path}, {png_path}")
+            rank_zero_info(f"Diagnostics ({module.diagnostics['images']} images purified in this run): {csv_path}, {png_path}")
         rank_zero_info(f"Purified {len(source)} images into {out}")

@@ -13,12 +13,14 @@ import torch
 from PIL import Image
 
 from pureebm_lightning import __version__
-from pureebm_lightning.purification.sources import NUMPY_DATA, NUMPY_LABELS, PoisonedSource
+from pureebm_lightning.purification.sources import NUMPY_DATA, NUMPY_LABELS, PoisonedSource, blocks
 
 MANIFEST = "manifest.json"
 #: settings that make two purifications of the same source the same run
-RUN_KEYS = ("source", "checkpoint_sha256", "steps", "step_size", "temperature", "seed")
+RUN_KEYS = ("source", "checkpoint_sha256", "steps", "step_size", "temperature", "seed", "batch_size")
 _PIL_FORMATS = Image.registered_extensions()
+#: JPEG cannot be lossless: quality 100 without chroma subsampling keeps it closest (see README)
+_LOSSLESS_AS_POSSIBLE = {"JPEG": {"quality": 100, "subsampling": 0}, "WEBP": {"lossless": True}}
 
 
 class PurificationConflict(RuntimeError):
@@ -44,13 +46,19 @@ class PurifiedStore:
         return json.loads(path.read_text()) if path.is_file() else None
 
     def check(self, overwrite: bool) -> None:
-        """Refuse (unless ``overwrite``) an output folder that holds another run's output or unknown files."""
-        if overwrite or not self.out.exists():
+        """Refuse an output folder that holds unknown files, or (unless ``overwrite``) another run's output."""
+        source = Path(self.settings["source"])
+        out = self.out.resolve()
+        if out == source or source in out.parents:
+            raise PurificationConflict(f"{self.out} is inside the poisoned folder {source}: choose an --out outside it")
+        if not self.out.exists():
             return
         manifest = self.read_manifest()
         if manifest is None:
             if any(self.out.iterdir()):
-                raise PurificationConflict(f"{self.out} is not empty and has no {MANIFEST}: choose another --out or pass --overwrite")
+                raise PurificationConflict(f"{self.out} is not empty and has no {MANIFEST} (it is not a purify output): choose another --out")
+            return
+        if overwrite:
             return
         different = {k: (manifest.get(k), self.settings.get(k)) for k in RUN_KEYS if manifest.get(k) != self.settings.get(k)}
         if different:
@@ -65,15 +73,19 @@ class PurifiedStore:
         self.out.mkdir(parents=True, exist_ok=True)
         _atomic_write_bytes(self.out / MANIFEST, json.dumps(manifest, indent=2).encode())
 
-    # -- progress -------------------------------------------------------------------------------------
-    def todo(self, overwrite: bool = False) -> list[int]:
-        """Indices not yet purified by this run (all of them with ``overwrite``). Removes stale partial files."""
+    def prepare(self, overwrite: bool) -> None:
+        """Before any rank writes (call on one process): with ``overwrite`` delete the previous purify output
+        (``check`` made sure it is one), remove partial files a killed run left, write an incomplete manifest."""
+        if overwrite and self.out.exists():
+            shutil.rmtree(self.out)
         if self.out.exists():
             for stale in self.out.rglob(".*.tmp*"):
                 stale.unlink(missing_ok=True)
-        if overwrite:
-            shutil.rmtree(self.chunks, ignore_errors=True)
-            return list(range(len(self.source)))
+        self.write_manifest(complete=False, done=len(self.source) - len(self.todo()))
+
+    # -- progress -------------------------------------------------------------------------------------
+    def todo(self) -> list[int]:
+        """Indices not yet purified by this run."""
         if self.source.kind == "numpy":
             if (self.out / NUMPY_DATA).is_file() and (self.read_manifest() or {}).get("complete"):
                 return []
@@ -84,8 +96,14 @@ class PurifiedStore:
             return [i for i in range(len(self.source)) if i not in done]
         return [i for i, key in enumerate(self.source.keys) if not (self.out / key).is_file()]
 
+    def todo_blocks(self, block_size: int) -> list[list[int]]:
+        """The fixed blocks (see :func:`blocks`) that still hold an image not purified by this run."""
+        missing = set(self.todo())
+        return [b for b in blocks(len(self.source), block_size) if not missing.isdisjoint(b)]
+
     def write(self, indices: list[int], images: torch.Tensor, rank: int = 0) -> None:
-        """Store purified (N, C, H, W) uint8 ``images`` of the source ``indices``."""
+        """Store purified (N, C, H, W) uint8 ``images`` of the source ``indices`` (a block redone after a kill
+        only fills in its missing files: the others hold the same result already)."""
         arrays = images.permute(0, 2, 3, 1).cpu().numpy()
         if self.source.kind == "numpy":
             self.chunks.mkdir(parents=True, exist_ok=True)
@@ -97,11 +115,13 @@ class PurifiedStore:
             return
         for i, arr in zip(indices, arrays):
             path = self.out / self.source.keys[i]
+            if path.is_file():
+                continue
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
             fmt = _PIL_FORMATS.get(path.suffix.lower(), "PNG")
             img = Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr, self.source.mode)
-            img.save(tmp, format=fmt, **({"quality": 95, "subsampling": 0} if fmt == "JPEG" else {}))
+            img.save(tmp, format=fmt, **_LOSSLESS_AS_POSSIBLE.get(fmt, {}))
             os.replace(tmp, path)
 
     def finish(self) -> None:
@@ -121,7 +141,6 @@ class PurifiedStore:
             del out
             os.replace(tmp, self.out / NUMPY_DATA)
             shutil.copy2(self.source.root / NUMPY_LABELS, self.out / NUMPY_LABELS)
-            shutil.rmtree(self.chunks)
         for name in self.source.other_entries:
             src, dst = self.source.root / name, self.out / name
             if src.is_dir():
@@ -129,6 +148,7 @@ class PurifiedStore:
             elif not dst.exists():
                 shutil.copy2(src, dst)
         self.write_manifest(complete=True, done=len(self.source))
+        shutil.rmtree(self.chunks, ignore_errors=True)  # after the manifest: a kill here loses nothing
 
     def load(self, i: int) -> torch.Tensor:
         """Purified image ``i`` as (C, H, W) uint8 (after :meth:`finish` for NumPy sources)."""

@@ -6,6 +6,7 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -34,16 +35,18 @@ def to_uint8(x: Tensor) -> Tensor:
 class Purifier:
     """Purifies batches of uint8 images with an energy network and the training sampler's eps and tau.
 
-    Noise comes from a generator seeded by ``seed`` and the batch's first source index, so a batch of the
-    same images purifies identically on any device count. No initial noise; one sample per image.
+    Noise comes from a generator seeded by ``seed``, the epoch and the block's first source index, so a
+    block purifies identically on any device, device count or rerun. No initial noise; one sample per image.
+    ``image_shape`` (C, H, W), when known (the training chains' shape), is the only input shape accepted.
     """
 
     def __init__(self, energy_net: nn.Module, sampler: LangevinSampler, steps: int = 150, seed: int = 0,
-                 checkpoint: str | None = None, checkpoint_sha256: str | None = None) -> None:
+                 checkpoint: str | None = None, checkpoint_sha256: str | None = None,
+                 image_shape: tuple[int, int, int] | None = None) -> None:
         if steps < 0:
             raise ValueError(f"steps must be >= 0, got {steps}")
         self.energy_net, self.sampler, self.steps, self.seed = energy_net.eval(), sampler, steps, seed
-        self.checkpoint, self.checkpoint_sha256 = checkpoint, checkpoint_sha256
+        self.checkpoint, self.checkpoint_sha256, self.image_shape = checkpoint, checkpoint_sha256, image_shape
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, steps: int = 150, seed: int = 0) -> "Purifier":
@@ -60,7 +63,9 @@ class Purifier:
                 f"{path} does not record its energy network's configuration ({err}); use a checkpoint written by "
                 "`pureebm fit`, or build Purifier(energy_net, sampler) in Python"
             ) from err
-        return cls(module.energy_net, module.sampler, steps, seed, str(path.resolve()), file_sha256(path))
+        bank = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("chain_bank")
+        shape = tuple(bank.shape[2:]) if bank is not None else None
+        return cls(module.energy_net, module.sampler, steps, seed, str(path.resolve()), file_sha256(path), shape)
 
     def settings(self) -> dict[str, Any]:
         """What identifies this purification (the manifest's run keys)."""
@@ -71,7 +76,13 @@ class Purifier:
         }
 
     def check_input(self, shape: tuple[int, int, int], where: str | Path) -> None:
-        """Fail before any work if the energy net cannot take (C, H, W) images."""
+        """Fail before any work if the energy net cannot take (C, H, W) images, or was trained on another shape."""
+        if self.image_shape is not None and tuple(shape) != self.image_shape:
+            c, h, w = self.image_shape
+            raise PoisonedDataError(
+                f"{where}: its {shape[0]}x{shape[1]}x{shape[2]} images do not fit the EBM ({self.checkpoint}), "
+                f"which was trained on {c}x{h}x{w} images"
+            )
         try:
             with torch.no_grad():
                 param = next(self.energy_net.parameters(), None)
@@ -84,7 +95,8 @@ class Purifier:
             raise PoisonedDataError(f"{where}: the EBM returns energies of shape {tuple(energy.shape)} for one image")
 
     def generator(self, device: torch.device, first_index: int, epoch: int = 0) -> torch.Generator:
-        return torch.Generator(device=device).manual_seed(self.seed * 1_000_003 + epoch * 7_919 + first_index)
+        seed = int(np.random.SeedSequence([self.seed, epoch, first_index]).generate_state(1, np.uint64)[0])
+        return torch.Generator(device=device).manual_seed(seed)
 
     def __call__(self, images: Tensor, first_index: int, epoch: int = 0) -> Tensor:
         """Purified uint8 copies of uint8 ``images`` (B, C, H, W), on their device."""

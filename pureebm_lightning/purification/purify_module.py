@@ -1,29 +1,57 @@
-"""The LightningModule that runs purification in Trainer.predict (one device or many, each its own shard)."""
+"""The LightningModule that runs purification in Trainer.predict (one device or many, each its own blocks)."""
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
 from lightning.pytorch import LightningModule
+from lightning.pytorch.utilities import rank_zero_info
+from torch.utils.data import DataLoader
 
+from pureebm_lightning.purification.purified_store import PurifiedStore
 from pureebm_lightning.purification.purifier import Purifier
+from pureebm_lightning.purification.sources import BlockBatches, SourceImages
 
 
 class PurifyModule(LightningModule):
-    """predict_step purifies a batch of (uint8 images, source indices); needs ``Trainer(inference_mode=False)``.
+    """Purifies the blocks of ``store``'s source that are not done yet; needs ``Trainer(inference_mode=False,
+    use_distributed_sampler=False)``: rank r takes every world_size-th missing block.
 
-    With ``diagnostic_points`` it also sums energies and L2 distances from the start image at those steps;
-    after the loop ``diagnostics`` holds their means over every image of every rank.
+    In ``setup`` (process group up, before any image is read) global rank 0 prepares the output folder
+    (``--overwrite`` deletion, stale partial files, manifest); every rank then waits for it. With
+    ``diagnostic_points`` it also sums energies and L2 distances from the start image at those steps; after
+    the loop ``diagnostics`` holds their means over the images of every rank.
     """
 
-    def __init__(self, purifier: Purifier, diagnostic_points: list[int] | None = None) -> None:
+    def __init__(self, purifier: Purifier, store: PurifiedStore, batch_size: int, overwrite: bool = False,
+                 num_workers: int = 0, diagnostic_points: list[int] | None = None) -> None:
         super().__init__()
-        self.purifier = purifier
+        self.purifier, self.store = purifier, store
         self.energy_net = purifier.energy_net  # registered, so Lightning moves it to the device
+        self.batch_size, self.overwrite, self.num_workers = batch_size, overwrite, num_workers
         self.points = diagnostic_points
-        self.diagnostics: dict[str, list[float]] | None = None
+        self.diagnostics: dict[str, Any] | None = None
         self._sums: torch.Tensor | None = None
+
+    def setup(self, stage: str) -> None:
+        if self.trainer.is_global_zero:
+            self.store.prepare(self.overwrite)
+        self.trainer.strategy.barrier("purify-prepared")
+
+    def predict_dataloader(self) -> DataLoader:
+        todo = self.store.todo_blocks(self.batch_size)
+        missing = len(self.store.todo())
+        rank_zero_info(
+            f"Purifying {missing} of {len(self.store.source)} images of {self.store.source.root} "
+            f"({len(self.store.source) - missing} already done) with T = {self.purifier.steps}, "
+            f"eps = {self.purifier.sampler.step_size}, tau = {self.purifier.sampler.temperature} into {self.store.out}"
+        )
+        mine = todo[self.trainer.global_rank :: self.trainer.world_size]
+        # BlockBatches returns every index it is given; Lightning cannot know that and would warn
+        warnings.filterwarnings("ignore", message=".*custom batch sampler `BlockBatches`.*")
+        return DataLoader(SourceImages(self.store.source), batch_sampler=BlockBatches(mine), num_workers=self.num_workers)
 
     def predict_step(self, batch: Any, batch_idx: int) -> dict[str, Any]:
         images, indices = batch

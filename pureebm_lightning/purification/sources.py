@@ -8,11 +8,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 NUMPY_DATA = "poisoned_training_data.npy"
+#: PIL modes read as grey (1 channel) or colour (3 channels); others (16-bit, alpha, CMYK) are refused
+GREY_MODES, COLOUR_MODES = ("L", "1"), ("RGB", "P")
 NUMPY_LABELS = "poisoned_training_labels.npy"
 
 
@@ -66,17 +68,35 @@ class PoisonedSource:
 
 
 class SourceImages(Dataset):
-    """(uint8 image, source index) for the given indices of a source."""
+    """(uint8 image, source index) by source index; batches come from a batch sampler of :func:`blocks`."""
 
-    def __init__(self, source: PoisonedSource, indices: list[int]) -> None:
-        self.source, self.indices = source, indices
+    def __init__(self, source: PoisonedSource) -> None:
+        self.source = source
 
     def __len__(self) -> int:
-        return len(self.indices)
+        return len(self.source)
 
-    def __getitem__(self, j: int) -> tuple[torch.Tensor, int]:
-        i = self.indices[j]
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         return self.source.load(i), i
+
+
+class BlockBatches(Sampler):
+    """A batch sampler that yields the given blocks of indices, in order."""
+
+    def __init__(self, blocks: list[list[int]]) -> None:
+        self.blocks = blocks
+
+    def __iter__(self):
+        return iter(self.blocks)
+
+    def __len__(self) -> int:
+        return len(self.blocks)
+
+
+def blocks(count: int, size: int) -> list[list[int]]:
+    """Indices 0..count-1 in fixed consecutive blocks of ``size``: the unit of purification. A block's noise
+    depends only on the seed and the block, so results do not depend on device count or on resuming."""
+    return [list(range(start, min(start + size, count))) for start in range(0, count, size)]
 
 
 def open_source(root: str | Path) -> PoisonedSource:
@@ -124,10 +144,14 @@ def _open_image_folder(root: Path, split: str, others: list[str]) -> PoisonedSou
     for path, label in samples:  # headers only: sizes and channels must agree before any work starts
         try:
             with Image.open(path) as img:
-                channels = 1 if img.mode in ("L", "1", "I", "I;16", "F") else 3
-                this = (channels, img.height, img.width)
+                mode, this = img.mode, (1 if img.mode in GREY_MODES else 3, img.height, img.width)
         except (OSError, UnidentifiedImageError) as err:
             raise PoisonedDataError(f"{path}: cannot read this image ({err})") from err
+        if mode not in GREY_MODES + COLOUR_MODES:
+            raise PoisonedDataError(
+                f"{path}: image mode {mode} is not supported (8-bit grey or RGB only; 16-bit, alpha and CMYK "
+                "images would be changed silently): convert the set to 8-bit L or RGB first"
+            )
         if shape is None:
             shape, first = this, path
         elif this != shape:
