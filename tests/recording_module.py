@@ -28,7 +28,7 @@ if __name__ == "__main__":  # 2-process DDP: each rank reports how many images i
     from pureebm_lightning.data import PurifiedDataModule
 
     data, ckpt, report = sys.argv[1:4]
-    dm = PurifiedDataModule(data, ckpt, steps=5, batch_size=4, purify_batch_size=4)
+    dm = PurifiedDataModule(data, ckpt, steps=5, batch_size=4, purify_batch_size=4, crop_padding=0, hflip=False)
     trainer = Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=1, logger=False,
                       enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(RecordingModule(), dm)

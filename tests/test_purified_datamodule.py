@@ -29,7 +29,7 @@ def test_purifies_once_caches_and_trains_on_purified_images(tmp_path, grey_ebm):
     data = tmp_path / "poisoned"
     write_digit_folder(data, 24)
     source = open_source(data)
-    dm = PurifiedDataModule(str(data), str(grey_ebm), steps=10, batch_size=8, cache_dir=str(tmp_path / "cache"))
+    dm = PurifiedDataModule(str(data), str(grey_ebm), steps=10, batch_size=8, crop_padding=0, hflip=False, cache_dir=str(tmp_path / "cache"))
     module = fit(dm, epochs=2)
     assert dm.purified_now == 24
     (cache,) = (tmp_path / "cache").iterdir()  # <checkpoint>-<source>-T10-seed0-B256, in the purify layout
@@ -41,7 +41,7 @@ def test_purifies_once_caches_and_trains_on_purified_images(tmp_path, grey_ebm):
     for _, x, y in module.seen:
         assert [purified[tuple(img.flatten().tolist())] for img in x] == y.tolist()
     # a later run (and every later epoch) reads the cache instead of purifying again
-    again = PurifiedDataModule(str(data), str(grey_ebm), steps=10, batch_size=8, cache_dir=str(tmp_path / "cache"))
+    again = PurifiedDataModule(str(data), str(grey_ebm), steps=10, batch_size=8, crop_padding=0, hflip=False, cache_dir=str(tmp_path / "cache"))
     fit(again, epochs=1)
     assert again.purified_now == 0
 
@@ -49,7 +49,7 @@ def test_purifies_once_caches_and_trains_on_purified_images(tmp_path, grey_ebm):
 def test_every_epoch_mode_purifies_each_epoch_with_fresh_noise(tmp_path, grey_ebm):
     data = tmp_path / "poisoned"
     write_digit_folder(data, 8)
-    dm = PurifiedDataModule(str(data), str(grey_ebm), steps=10, batch_size=8, every_epoch=True)
+    dm = PurifiedDataModule(str(data), str(grey_ebm), steps=10, batch_size=8, crop_padding=0, hflip=False, every_epoch=True)
     module = fit(dm, epochs=2)
     (e0, x0, y0), (e1, x1, y1) = module.seen
     assert (e0, e1) == (0, 1) and not (tmp_path / "poisoned_purify_cache").exists()

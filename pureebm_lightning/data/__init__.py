@@ -4,6 +4,7 @@ from pureebm_lightning.data.base import ImageDataModule
 from pureebm_lightning.data.cifar10 import CIFAR10DataModule
 from pureebm_lightning.data.digits import DigitsDataModule
 from pureebm_lightning.data.image_folder import ImageFolderDataModule
+from pureebm_lightning.data.poisoned_set import PoisonedSetDataModule
 from pureebm_lightning.data.purified import PurifiedDataModule
 
-__all__ = ["CIFAR10DataModule", "DigitsDataModule", "ImageDataModule", "ImageFolderDataModule", "PurifiedDataModule"]
+__all__ = ["CIFAR10DataModule", "DigitsDataModule", "ImageDataModule", "ImageFolderDataModule", "PoisonedSetDataModule", "PurifiedDataModule"]

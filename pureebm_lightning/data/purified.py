@@ -4,40 +4,28 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
-from lightning.pytorch import LightningDataModule
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from pureebm_lightning.data.poisoned_set import PoisonedSetDataModule
 from pureebm_lightning.purification.purified_store import PurifiedStore
 from pureebm_lightning.purification.purifier import Purifier, to_signed_unit
-from pureebm_lightning.purification.sources import BlockBatches, PoisonedSource, SourceImages, open_source
+from pureebm_lightning.purification.sources import BlockBatches, PoisonedSource, SourceImages
 
 
-class _Labelled(Dataset):
-    """(uint8 image, label, source index) from a loader of images by index."""
-
-    def __init__(self, load: Any, labels: list[int]) -> None:
-        self.load, self.labels = load, labels
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int]:
-        return self.load(i), self.labels[i], i
-
-
-class PurifiedDataModule(LightningDataModule):
-    """Batches of (purified image in [-1, 1], label) from a poisoned set (any layout ``pureebm purify`` reads).
+class PurifiedDataModule(PoisonedSetDataModule):
+    """Batches of (purified image in [-1, 1], label) from a poisoned set (any layout ``pureebm purify`` reads),
+    purified on the training device; clean test images as in :class:`PoisonedSetDataModule`.
 
     Default: each image is purified once, on the training device in batches, before training starts, and
     cached under ``cache_dir/<checkpoint hash>-<source hash>-T<steps>-seed<seed>-B<purify_batch_size>/`` in
     the ``pureebm purify`` layout, so
     later epochs and later runs read it back. Under DDP each rank purifies its own share of what is not
-    cached yet. ``every_epoch=True`` instead purifies each batch after transfer to the device, with fresh
-    noise every epoch (nothing cached).
+    cached yet. ``every_epoch=True`` instead purifies each training batch after transfer to the device, with
+    fresh noise every epoch (nothing cached; augmentation then comes before purification).
 
     Args:
         data: the poisoned folder.
@@ -45,7 +33,8 @@ class PurifiedDataModule(LightningDataModule):
         steps: T (paper: 150). seed: noise seed.
         cache_dir: where purified copies live (default: ``<data>_purify_cache`` beside the input).
         every_epoch: re-purify every epoch instead of once.
-        batch_size: training batch size. purify_batch_size: batch size of the up-front purification.
+        purify_batch_size: batch (and noise block) size of the up-front purification.
+        test_data, crop_padding, hflip, batch_size, num_workers: as in :class:`PoisonedSetDataModule`.
     """
 
     def __init__(
@@ -56,15 +45,16 @@ class PurifiedDataModule(LightningDataModule):
         seed: int = 0,
         cache_dir: str | None = None,
         every_epoch: bool = False,
-        batch_size: int = 128,
         purify_batch_size: int = 256,
+        test_data: str | None = None,
+        crop_padding: int = 4,
+        hflip: bool = True,
+        batch_size: int = 128,
         num_workers: int = 0,
     ) -> None:
-        super().__init__()
-        self.data, self.ckpt_path, self.steps, self.seed = data, ckpt_path, steps, seed
-        self.cache_dir, self.every_epoch = cache_dir, every_epoch
-        self.batch_size, self.purify_batch_size, self.num_workers = batch_size, purify_batch_size, num_workers
-        self.train_set: Dataset | None = None
+        super().__init__(data, test_data, crop_padding, hflip, batch_size, num_workers)
+        self.ckpt_path, self.steps, self.seed = ckpt_path, steps, seed
+        self.cache_dir, self.every_epoch, self.purify_batch_size = cache_dir, every_epoch, purify_batch_size
         self.purifier: Purifier | None = None
         self.purified_now = 0  # images this process purified in setup (0 when all came from the cache)
 
@@ -77,18 +67,14 @@ class PurifiedDataModule(LightningDataModule):
         if self.trainer is not None:
             self.trainer.strategy.barrier(name)
 
-    def setup(self, stage: str | None = None) -> None:
-        if self.train_set is not None:
-            return
-        source = open_source(self.data)
+    def training_images(self, source: PoisonedSource) -> Callable[[int], torch.Tensor]:
         self.purifier = Purifier.from_checkpoint(self.ckpt_path, steps=self.steps, seed=self.seed)
         self.purifier.check_input(source.shape, source.root)
         device, rank, world = self._device_rank_world()
         self.purifier.energy_net.to(device)
         if self.every_epoch:
-            self.train_set = _Labelled(source.load, source.labels)
-            return
-        self.train_set = _Labelled(self._purify_into_cache(source, device, rank, world).load, source.labels)
+            return source.load  # purified batch by batch in on_after_batch_transfer
+        return self._purify_into_cache(source, device, rank, world).load
 
     def _purify_into_cache(self, source: PoisonedSource, device: torch.device, rank: int, world: int) -> PurifiedStore:
         root = Path(self.cache_dir) if self.cache_dir else source.root.with_name(source.root.name + "_purify_cache")
@@ -117,13 +103,8 @@ class PurifiedDataModule(LightningDataModule):
             raise RuntimeError(f"Finishing the purification cache {store.out} failed: {error}")
         return store
 
-    def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, num_workers=self.num_workers,
-                          persistent_workers=self.num_workers > 0)
-
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
         images, labels, indices = batch
-        if self.every_epoch:  # purify here, on the device, with this epoch's noise
-            epoch = self.trainer.current_epoch if self.trainer is not None else 0
-            images = self.purifier(images, int(indices[0]), epoch=epoch + 1)
+        if self.every_epoch and self.trainer is not None and self.trainer.training:  # training batches only
+            images = self.purifier(images, int(indices[0]), epoch=self.trainer.current_epoch + 1)
         return to_signed_unit(images), labels

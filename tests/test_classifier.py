@@ -1,0 +1,54 @@
+"""The classifier: every architecture gives logits; it trains through the three data paths via the CLI."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pureebm_lightning.classifier_nets import SmallCNN, SmallImageClassifier
+from pureebm_lightning.cli import main
+
+from .conftest import CONFIGS, write_digit_folder
+
+
+@pytest.fixture(autouse=True)
+def _argv(monkeypatch):
+    monkeypatch.setattr("sys.argv", ["pureebm"])
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet34", "mobilenet_v2", "densenet121"])
+@pytest.mark.parametrize("in_channels", [1, 3])
+def test_each_architecture_gives_logits_for_a_batch_of_small_images(arch, in_channels):
+    net = SmallImageClassifier(arch, num_classes=7, in_channels=in_channels)  # train mode: batch-norm statistics of the batch
+    x = torch.randn(3, in_channels, 32, 32)
+    with torch.no_grad():
+        logits = net(x)
+    assert logits.shape == (3, 7) and torch.isfinite(logits).all()
+    assert not torch.allclose(logits[0], logits[1], rtol=1e-3, atol=0)  # depends on the input
+
+
+def test_small_cnn_gives_logits_for_digits():
+    assert SmallCNN(10, 1)(torch.randn(4, 1, 16, 16)).shape == (4, 10)
+    assert SmallCNN(10, 1)(torch.randn(4, 1, 8, 8)).shape == (4, 10)
+
+
+QUICK = ["--trainer.max_epochs=1", "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("data_config", ["digits_poisoned", "digits_purified", "digits_purify_on_the_fly"])
+def test_the_classifier_trains_for_an_epoch_through_each_data_path(tmp_path, monkeypatch, grey_ebm, data_config):
+    monkeypatch.chdir(tmp_path)
+    keys = write_digit_folder(tmp_path / "poisoned/digits", 120)
+    write_digit_folder(tmp_path / "poisoned/digits", 40, split="test")
+    if data_config == "digits_purified":
+        main(["purify", "--data=poisoned/digits", f"--ckpt_path={grey_ebm}", "--steps=5", "--num_workers=0",
+              "--trainer.enable_progress_bar=false"])
+    extra = [f"--data.init_args.ckpt_path={grey_ebm}", "--data.init_args.steps=5"] if data_config.endswith("fly") else []
+    main(["fit", "--config", str(CONFIGS / "classifier_digits.yaml"), "--config", str(CONFIGS / f"data/{data_config}.yaml"),
+          *QUICK, *extra])
+    ckpt = tmp_path / "runs/classifier_digits/checkpoints/last.ckpt"
+    saved = torch.load(ckpt, weights_only=False)
+    assert saved["epoch"] == 0 and saved["global_step"] == -(-len(keys) // 64)  # one epoch of 120 images, batch 64
+    main(["test", "--config", str(CONFIGS / "classifier_digits.yaml"), "--config", str(CONFIGS / f"data/{data_config}.yaml"),
+          *QUICK, *extra, f"--ckpt_path={ckpt}"])
