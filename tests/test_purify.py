@@ -64,7 +64,7 @@ def test_grey_folder_with_splits_is_mirrored_with_a_complete_manifest(tmp_path, 
         "source": str(data.resolve()), "checkpoint": str(grey_ebm.resolve()),
         "checkpoint_sha256": hashlib.sha256(grey_ebm.read_bytes()).hexdigest(), "steps": 20, "step_size": 0.0125,
         "temperature": 0.0001, "seed": 0, "count": 40, "purified": 40, "complete": True, "format": "image_folder",
-        "split": "train", "copied": ["test"], "package_version": __version__, "batch_size": 16,
+        "split": "train", "copied": ["test"], "package_version": __version__, "batch_size": 16, "defense": "pureebm",
     } == manifest
 
 
@@ -307,3 +307,27 @@ def test_two_process_ddp_purify_equals_the_one_process_file_set(tmp_path, grey_e
     assert all((outs[1] / k).read_bytes() == (outs[2] / k).read_bytes() for k in keys)
     m1, m2 = (json.loads((outs[d] / "manifest.json").read_text()) for d in (1, 2))
     assert m1["purified"] == m2["purified"] == 25 and m2["complete"]
+
+
+def test_jpeg_baseline_has_the_same_command_and_output_layout(tmp_path):
+    data = tmp_path / "poisoned"
+    keys = write_digit_folder(data, 10, size=16)
+    main(["purify", f"--data={data}", "--jpeg_quality=30", *QUIET])
+    out = tmp_path / "poisoned_jpeg"
+    assert files(out) == set(keys) | {"manifest.json"}
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["defense"] == "jpeg" and manifest["jpeg_quality"] == 30 and manifest["complete"]
+    diffs = [np.abs(pixels(out / k) - pixels(data / k)).mean() for k in keys]
+    assert min(diffs) > 0  # compression changed every image
+    with pytest.raises(SystemExit, match="either --ckpt_path .* or --jpeg_quality"):
+        main(["purify", f"--data={data}", *QUIET])
+
+
+def test_jpeg_purifier_loses_more_at_lower_quality():
+    from pureebm_lightning.data.digits import digits_images
+    from pureebm_lightning.purification.jpeg_purifier import JPEGPurifier
+
+    images = to_uint8(digits_images(16, rgb=True)[0][:20])
+    error = {q: (JPEGPurifier(q)(images).float() - images.float()).abs().mean().item() for q in (10, 50, 95)}
+    assert error[10] > error[50] > error[95] > 0
+    assert JPEGPurifier(50)(images).shape == images.shape and JPEGPurifier(50)(images).dtype == torch.uint8

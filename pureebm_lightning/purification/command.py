@@ -11,6 +11,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from pureebm_lightning.callbacks.purification import ImagesPerSecondBar, PurifiedWriter
 from pureebm_lightning.purification.diagnostics import diagnostic_points, write_diagnostics
 from pureebm_lightning.purification.purified_store import PurifiedStore
+from pureebm_lightning.purification.jpeg_purifier import JPEGPurifier
 from pureebm_lightning.purification.purifier import Purifier
 from pureebm_lightning.purification.purify_module import PurifyModule
 from pureebm_lightning.purification.sources import PoisonedDataError, open_source
@@ -27,7 +28,9 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--config", action=ActionConfigFile, help="YAML with any of the options below")
     parser.add_argument("--data", type=str, required=True,
                         help="poisoned folder: <class>/<file>, train/<class>/<file> (other splits copied), or poisoned_training_{data,labels}.npy")
-    parser.add_argument("--ckpt_path", type=str, required=True, help="EBM checkpoint written by `pureebm fit`")
+    parser.add_argument("--ckpt_path", type=str | None, default=None, help="EBM checkpoint written by `pureebm fit`")
+    parser.add_argument("--jpeg_quality", type=int | None, default=None,
+                        help="instead of an EBM: the JPEG baseline defense at this quality (e.g. 75)")
     parser.add_argument("--out", type=str | None, default=None, help="output folder (default: <data>_purified beside the input)")
     parser.add_argument("--steps", type=int, default=150, help="T, Langevin steps per image (paper: 150 from scratch)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the Langevin noise")
@@ -48,9 +51,17 @@ def purify(argv: list[str]) -> None:
     cfg = build_parser().parse_args(argv)
     if cfg.diagnostic_points < 1:
         raise PoisonedDataError(f"--diagnostic_points must be at least 1, got {cfg.diagnostic_points}")
+    if (cfg.ckpt_path is None) == (cfg.jpeg_quality is None):
+        raise PoisonedDataError("give either --ckpt_path (PureEBM) or --jpeg_quality (the JPEG baseline)")
+    if cfg.jpeg_quality is not None and cfg.diagnostics:
+        raise PoisonedDataError("--diagnostics follows an EBM's Langevin chain: it needs --ckpt_path, not --jpeg_quality")
     source = open_source(cfg.data)
-    out = Path(cfg.out) if cfg.out else source.root.resolve().with_name(source.root.resolve().name + "_purified")
-    purifier = Purifier.from_checkpoint(cfg.ckpt_path, steps=cfg.steps, seed=cfg.seed)
+    suffix = "_purified" if cfg.ckpt_path else "_jpeg"
+    out = Path(cfg.out) if cfg.out else source.root.resolve().with_name(source.root.resolve().name + suffix)
+    if cfg.jpeg_quality is not None:
+        purifier = JPEGPurifier(cfg.jpeg_quality)
+    else:
+        purifier = Purifier.from_checkpoint(cfg.ckpt_path, steps=cfg.steps, seed=cfg.seed)
     purifier.check_input(source.shape, source.root)
     store = PurifiedStore(source, out, {**purifier.settings(), "batch_size": cfg.batch_size})
     store.check(cfg.overwrite)  # read-only, on every rank before anything starts: all refuse together
@@ -69,6 +80,6 @@ def purify(argv: list[str]) -> None:
     trainer.predict(module, return_predictions=False)
     if trainer.is_global_zero:
         if module.diagnostics is not None:
-            csv_path, png_path = write_diagnostics(module.diagnostics, out, title=f"{source.root.name}, T = {cfg.steps}")
+            csv_path, png_path = write_diagnostics(module.diagnostics, out, title=f"{source.root.name}, {purifier.describe()}")
             rank_zero_info(f"Diagnostics ({module.diagnostics['images']} images purified in this run): {csv_path}, {png_path}")
-        rank_zero_info(f"Purified {len(source)} images into {out}")
+        rank_zero_info(f"Purified {len(source)} images ({purifier.describe()}) into {out}")

@@ -17,7 +17,7 @@ from pureebm_lightning.purification.sources import NUMPY_DATA, NUMPY_LABELS, Poi
 
 MANIFEST = "manifest.json"
 #: settings that make two purifications of the same source the same run
-RUN_KEYS = ("source", "checkpoint_sha256", "steps", "step_size", "temperature", "seed", "batch_size")
+RUN_KEYS = ("source", "defense", "jpeg_quality", "checkpoint_sha256", "steps", "step_size", "temperature", "seed", "batch_size")
 _PIL_FORMATS = Image.registered_extensions()
 #: JPEG cannot be lossless: quality 100 without chroma subsampling keeps it closest (see README)
 _LOSSLESS_AS_POSSIBLE = {"JPEG": {"quality": 100, "subsampling": 0}, "WEBP": {"lossless": True}}

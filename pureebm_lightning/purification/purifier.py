@@ -67,10 +67,13 @@ class Purifier:
         shape = tuple(bank.shape[2:]) if bank is not None else None
         return cls(module.energy_net, module.sampler, steps, seed, str(path.resolve()), file_sha256(path), shape)
 
+    def describe(self) -> str:
+        return f"T = {self.steps}, eps = {self.sampler.step_size}, tau = {self.sampler.temperature}"
+
     def settings(self) -> dict[str, Any]:
         """What identifies this purification (the manifest's run keys)."""
         return {
-            "checkpoint": self.checkpoint, "checkpoint_sha256": self.checkpoint_sha256, "steps": self.steps,
+            "defense": "pureebm", "checkpoint": self.checkpoint, "checkpoint_sha256": self.checkpoint_sha256, "steps": self.steps,
             "step_size": self.sampler.step_size, "temperature": self.sampler.temperature, "seed": self.seed,
             "clamp": [-1.0, 1.0], "quantised_bits": 8,
         }

@@ -11,6 +11,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
 from pureebm_lightning.purification.purified_store import PurifiedStore
+from pureebm_lightning.purification.jpeg_purifier import JPEGPurifier
 from pureebm_lightning.purification.purifier import Purifier
 from pureebm_lightning.purification.sources import BlockBatches, SourceImages
 
@@ -25,11 +26,11 @@ class PurifyModule(LightningModule):
     the loop ``diagnostics`` holds their means over the images of every rank.
     """
 
-    def __init__(self, purifier: Purifier, store: PurifiedStore, batch_size: int, overwrite: bool = False,
+    def __init__(self, purifier: Purifier | JPEGPurifier, store: PurifiedStore, batch_size: int, overwrite: bool = False,
                  num_workers: int = 0, diagnostic_points: list[int] | None = None) -> None:
         super().__init__()
         self.purifier, self.store = purifier, store
-        self.energy_net = purifier.energy_net  # registered, so Lightning moves it to the device
+        self.energy_net = getattr(purifier, "energy_net", None)  # registered, so Lightning moves it to the device
         self.batch_size, self.overwrite, self.num_workers = batch_size, overwrite, num_workers
         self.points = diagnostic_points
         self.diagnostics: dict[str, Any] | None = None
@@ -45,8 +46,7 @@ class PurifyModule(LightningModule):
         missing = len(self.store.todo())
         rank_zero_info(
             f"Purifying {missing} of {len(self.store.source)} images of {self.store.source.root} "
-            f"({len(self.store.source) - missing} already done) with T = {self.purifier.steps}, "
-            f"eps = {self.purifier.sampler.step_size}, tau = {self.purifier.sampler.temperature} into {self.store.out}"
+            f"({len(self.store.source) - missing} already done) with {self.purifier.describe()} into {self.store.out}"
         )
         mine = todo[self.trainer.global_rank :: self.trainer.world_size]
         # BlockBatches returns every index it is given; Lightning cannot know that and would warn
