@@ -52,3 +52,18 @@ def test_the_classifier_trains_for_an_epoch_through_each_data_path(tmp_path, mon
     assert saved["epoch"] == 0 and saved["global_step"] == -(-len(keys) // 64)  # one epoch of 120 images, batch 64
     main(["test", "--config", str(CONFIGS / "classifier_digits.yaml"), "--config", str(CONFIGS / f"data/{data_config}.yaml"),
           *QUICK, *extra, f"--ckpt_path={ckpt}"])
+
+
+def test_test_labels_follow_class_names_when_the_test_split_lacks_a_class(tmp_path):
+    from PIL import Image
+
+    from pureebm_lightning.data import PoisonedSetDataModule
+
+    for split, classes in (("train", ["ant", "bee", "cat"]), ("test", ["bee", "cat"])):
+        for name in classes:
+            (tmp_path / split / name).mkdir(parents=True)
+            Image.new("L", (4, 4)).save(tmp_path / split / name / "0.png")
+    dm = PoisonedSetDataModule(str(tmp_path), crop_padding=0, hflip=False)
+    dm.setup()
+    assert dm.train_set.labels == [0, 1, 2]
+    assert dm.test_set.labels == [1, 2]  # bee and cat keep their training indices

@@ -72,7 +72,17 @@ class PoisonedSetDataModule(LightningDataModule):
         test_root = self.test_data or (self.source.root / "test" if self.source.split == "train" else None)
         if test_root is not None and Path(test_root).is_dir():
             test = open_source(test_root)
-            self.test_set = LabelledImages(test.load, test.labels)
+            self.test_set = LabelledImages(test.load, self._labels_as_in_training(test))
+
+    def _labels_as_in_training(self, test: PoisonedSource) -> list[int]:
+        """Test labels by class name, so a test split missing a class does not shift the others."""
+        if test.classes is None or self.source.classes is None:
+            return test.labels
+        index = {name: i for i, name in enumerate(self.source.classes)}
+        unknown = sorted(set(test.classes) - set(index))
+        if unknown:
+            raise FileNotFoundError(f"{test.root} has classes the training set lacks: {unknown}")
+        return [index[test.classes[label]] for label in test.labels]
 
     def train_dataloader(self) -> DataLoader:
         return DataLoader(self.train_set, batch_size=self.batch_size, shuffle=True, num_workers=self.num_workers,

@@ -38,6 +38,7 @@ class PoisonedSource:
     shape: tuple[int, int, int]
     split: str = ""
     other_entries: list[str] = field(default_factory=list)
+    classes: list[str] | None = None  # class folder names (label i is classes[i]); None for NumPy sources
     _array: np.ndarray | None = None
 
     def __len__(self) -> int:
@@ -137,7 +138,8 @@ def _open_numpy(root: Path) -> PoisonedSource:
 def _open_image_folder(root: Path, split: str, others: list[str]) -> PoisonedSource:
     folder = root / split if split else root
     try:
-        samples = ImageFolder(str(folder), loader=lambda p: p, is_valid_file=lambda p: p.lower().endswith(IMG_EXTENSIONS)).samples
+        found = ImageFolder(str(folder), loader=lambda p: p, is_valid_file=lambda p: p.lower().endswith(IMG_EXTENSIONS))
+        samples = found.samples
     except FileNotFoundError as err:
         raise PoisonedDataError(f"{folder}: no images found ({err}); expected <class>/<image file> folders") from err
     shape, keys, labels = None, [], []
@@ -161,4 +163,5 @@ def _open_image_folder(root: Path, split: str, others: list[str]) -> PoisonedSou
             )
         keys.append(str(Path(path).relative_to(root)))
         labels.append(label)
-    return PoisonedSource(root=root, kind="image_folder", keys=keys, labels=labels, shape=shape, split=split, other_entries=others)
+    return PoisonedSource(root=root, kind="image_folder", keys=keys, labels=labels, shape=shape, split=split,
+                          other_entries=others, classes=list(found.classes))
