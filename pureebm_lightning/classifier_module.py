@@ -71,7 +71,8 @@ class ClassifierModule(LightningModule):
         x, y = batch[0], batch[1]
         logits = self(x)
         self.val_accuracy(logits, y)
-        self.log_dict({"val/loss": F.cross_entropy(logits, y), "val/accuracy": self.val_accuracy}, prog_bar=True)
+        self.log("val/loss", F.cross_entropy(logits, y), sync_dist=True)
+        self.log("val/accuracy", self.val_accuracy, prog_bar=True)
 
     def test_step(self, batch: Any, batch_idx: int) -> None:
         x, y = batch[0], batch[1]

@@ -309,11 +309,11 @@ def test_two_process_ddp_purify_equals_the_one_process_file_set(tmp_path, grey_e
     assert m1["purified"] == m2["purified"] == 25 and m2["complete"]
 
 
-def test_jpeg_baseline_has_the_same_command_and_output_layout(tmp_path):
+def test_jpeg_baseline_has_the_same_command_and_output_layout(tmp_path, grey_ebm):
     data = tmp_path / "poisoned"
-    keys = write_digit_folder(data, 10, size=16)
+    keys = write_digit_folder(data, 10)
     main(["purify", f"--data={data}", "--jpeg_quality=30", *QUIET])
-    out = tmp_path / "poisoned_jpeg"
+    out = tmp_path / "poisoned_jpeg30"
     assert files(out) == set(keys) | {"manifest.json"}
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["defense"] == "jpeg" and manifest["jpeg_quality"] == 30 and manifest["complete"]
@@ -321,6 +321,8 @@ def test_jpeg_baseline_has_the_same_command_and_output_layout(tmp_path):
     assert min(diffs) > 0  # compression changed every image
     with pytest.raises(SystemExit, match="either --ckpt_path .* or --jpeg_quality"):
         main(["purify", f"--data={data}", *QUIET])
+    with pytest.raises(SystemExit, match="another purification .*defense: 'jpeg' there, 'pureebm' now"):
+        purify(data, grey_ebm, f"--out={out}")
 
 
 def test_jpeg_purifier_loses_more_at_lower_quality():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any, Callable
 
@@ -32,8 +33,9 @@ class PoisonedSetDataModule(LightningDataModule):
     """Batches of (image in [-1, 1], label) from a training set in any layout ``pureebm purify`` reads.
 
     Training images are used as they are on disk: point ``data`` at a poisoned folder (no defense) or at
-    its ``pureebm purify`` output (purified offline). Validation and test use clean images from
-    ``test_data``, by default the ``test/`` split beside ``train/`` (a purify output copies it unchanged).
+    its ``pureebm purify`` output (purified offline; an unfinished one is refused). Validation and test
+    both use the clean images of ``test_data``, by default the ``test/`` split beside ``train/`` (a purify
+    output copies it unchanged): ``val/accuracy`` is test accuracy, so do not select checkpoints on it.
 
     Args:
         data: the training set's folder.
@@ -65,10 +67,15 @@ class PoisonedSetDataModule(LightningDataModule):
         return source.load
 
     def setup(self, stage: str | None = None) -> None:
-        if self.train_set is not None:
+        if self.source is None:
+            self.source = open_source(self.data)
+            manifest = self.source.root / "manifest.json"
+            if manifest.is_file() and json.loads(manifest.read_text()).get("complete") is False:
+                raise FileNotFoundError(f"{self.source.root} is an unfinished purify output: run the same `pureebm purify` again to finish it")
+        if stage in (None, "fit") and self.train_set is None:  # `pureebm test` needs no training images
+            self.train_set = LabelledImages(self.training_images(self.source), self.source.labels, self._augment(self.source.shape))
+        if self.test_set is not None:
             return
-        self.source = open_source(self.data)
-        self.train_set = LabelledImages(self.training_images(self.source), self.source.labels, self._augment(self.source.shape))
         test_root = self.test_data or (self.source.root / "test" if self.source.split == "train" else None)
         if test_root is not None and Path(test_root).is_dir():
             test = open_source(test_root)

@@ -55,8 +55,10 @@ def purify(argv: list[str]) -> None:
         raise PoisonedDataError("give either --ckpt_path (PureEBM) or --jpeg_quality (the JPEG baseline)")
     if cfg.jpeg_quality is not None and cfg.diagnostics:
         raise PoisonedDataError("--diagnostics follows an EBM's Langevin chain: it needs --ckpt_path, not --jpeg_quality")
+    if cfg.jpeg_quality is not None and not 1 <= cfg.jpeg_quality <= 95:
+        raise PoisonedDataError(f"--jpeg_quality must be in 1..95, got {cfg.jpeg_quality}")
     source = open_source(cfg.data)
-    suffix = "_purified" if cfg.ckpt_path else "_jpeg"
+    suffix = "_purified" if cfg.ckpt_path else f"_jpeg{cfg.jpeg_quality}"
     out = Path(cfg.out) if cfg.out else source.root.resolve().with_name(source.root.resolve().name + suffix)
     if cfg.jpeg_quality is not None:
         purifier = JPEGPurifier(cfg.jpeg_quality)

@@ -60,6 +60,7 @@ class PurifiedStore:
             return
         if overwrite:
             return
+        manifest = {"defense": "pureebm", **manifest}  # manifests from before the JPEG baseline
         different = {k: (manifest.get(k), self.settings.get(k)) for k in RUN_KEYS if manifest.get(k) != self.settings.get(k)}
         if different:
             listed = ", ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in different.items())
