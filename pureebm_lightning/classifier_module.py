@@ -19,7 +19,9 @@ _INJECTED = ["net", "optimizer", "lr_scheduler"]
 class ClassifierModule(LightningModule):
     """Cross-entropy training of ``net`` on images in [-1, 1], normalised by ``mean``/``std`` (of [0, 1] pixels).
 
-    Natural accuracy (torchmetrics) is logged as ``val/accuracy`` and ``test/accuracy``.
+    Natural accuracy (torchmetrics) is logged as ``val/accuracy`` and ``test/accuracy``; with a second test
+    loader (the poisoned test images of a folder with ``poison.json``, labelled with the attacker's class),
+    the share classified as the attacker wanted is ``test/poison_success``.
 
     Args:
         net: the classifier network (``SmallImageClassifier``, ``SmallCNN``, any module giving logits).
@@ -46,6 +48,7 @@ class ClassifierModule(LightningModule):
         self.optimizer_factory, self.scheduler_factory = optimizer, lr_scheduler
         self.val_accuracy = MulticlassAccuracy(num_classes, average="micro")
         self.test_accuracy = MulticlassAccuracy(num_classes, average="micro")
+        self.poison_success = MulticlassAccuracy(num_classes, average="micro")  # accuracy w.r.t. the attacker's labels
 
     def forward(self, x: Tensor) -> Tensor:
         """Logits of images in [-1, 1]."""
@@ -74,7 +77,8 @@ class ClassifierModule(LightningModule):
         self.log("val/loss", F.cross_entropy(logits, y), sync_dist=True)
         self.log("val/accuracy", self.val_accuracy, prog_bar=True)
 
-    def test_step(self, batch: Any, batch_idx: int) -> None:
+    def test_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> None:
         x, y = batch[0], batch[1]
-        self.test_accuracy(self(x), y)
-        self.log("test/accuracy", self.test_accuracy)
+        metric, name = (self.test_accuracy, "test/accuracy") if dataloader_idx == 0 else (self.poison_success, "test/poison_success")
+        metric(self(x), y)
+        self.log(name, metric, add_dataloader_idx=False)

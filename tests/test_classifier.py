@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+
+import numpy as np
 import pytest
 import torch
 
@@ -41,6 +44,10 @@ def test_the_classifier_trains_for_an_epoch_through_each_data_path(tmp_path, mon
     monkeypatch.chdir(tmp_path)
     keys = write_digit_folder(tmp_path / "poisoned/digits", 120)
     write_digit_folder(tmp_path / "poisoned/digits", 40, split="test")
+    np.save(tmp_path / "poisoned/digits/trigger.npy", np.full((1, 8, 8), 0.1, np.float32))
+    (tmp_path / "poisoned/digits/poison.json").write_text(json.dumps({
+        "attack": "uniform-shift", "kind": "triggered", "target_class": 3,
+        "trigger": {"file": "trigger.npy", "mode": "additive", "magnification": 1}}))
     if data_config == "digits_purified":
         main(["purify", "--data=poisoned/digits", f"--ckpt_path={grey_ebm}", "--steps=5", "--num_workers=0",
               "--trainer.enable_progress_bar=false"])
@@ -58,6 +65,12 @@ def test_the_classifier_trains_for_an_epoch_through_each_data_path(tmp_path, mon
     header, *rows = metrics.read_text().splitlines()
     column = header.split(",").index("test/accuracy")
     assert 0.0 <= float(rows[-1].split(",")[column]) <= 1.0 and len(rows) == 1
+    # the results table names the attack (from poison.json, copied by purify) and the defense of the data path
+    defense = {"digits_poisoned": "none", "digits_purified": "PureEBM T=5", "digits_purify_on_the_fly": "PureEBM T=5 (on the fly)"}
+    row = next(line for line in (tmp_path / "results/results.md").read_text().splitlines() if "uniform-shift" in line)
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[:3] == ["uniform-shift", defense[data_config], "1"]
+    assert all(c != "-" for c in cells[3:])  # natural accuracy and poison success were both measured
 
 
 def test_test_labels_follow_class_names_when_the_test_split_lacks_a_class(tmp_path):

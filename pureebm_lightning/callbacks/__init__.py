@@ -1,5 +1,6 @@
 """Lightning callbacks of pureebm-lightning."""
 
 from pureebm_lightning.callbacks.chain_images import ChainImageLogger
+from pureebm_lightning.callbacks.results_table import ResultsTable
 
-__all__ = ["ChainImageLogger"]
+__all__ = ["ChainImageLogger", "ResultsTable"]

@@ -6,13 +6,23 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
+from pureebm_lightning.poison_spec import PoisonSpec, apply_trigger
 from pureebm_lightning.purification.purifier import to_signed_unit
 from pureebm_lightning.purification.sources import PoisonedSource, open_source
+
+
+def _read_image(path: Path, mode: str) -> torch.Tensor:
+    with Image.open(path) as img:
+        arr = np.array(img.convert(mode))
+    arr = arr[:, :, None] if arr.ndim == 2 else arr
+    return torch.from_numpy(arr.transpose(2, 0, 1).copy())
 
 
 class LabelledImages(Dataset):
@@ -53,6 +63,8 @@ class PoisonedSetDataModule(LightningDataModule):
         self.source: PoisonedSource | None = None
         self.train_set: Dataset | None = None
         self.test_set: Dataset | None = None
+        self.poison: PoisonSpec | None = None
+        self.poison_test_set: Dataset | None = None
 
     def _augment(self, shape: tuple[int, int, int]) -> v2.Compose | None:
         steps = []
@@ -79,7 +91,35 @@ class PoisonedSetDataModule(LightningDataModule):
         test_root = self.test_data or (self.source.root / "test" if self.source.split == "train" else None)
         if test_root is not None and Path(test_root).is_dir():
             test = open_source(test_root)
-            self.test_set = LabelledImages(test.load, self._labels_as_in_training(test))
+            labels = self._labels_as_in_training(test)
+            self.test_set = LabelledImages(test.load, labels)
+            self.poison = PoisonSpec.find(self.source.root)
+            if self.poison is not None:
+                self.poison_test_set = self._poison_test_set(test, labels)
+
+    def _poison_test_set(self, test: PoisonedSource, labels: list[int]) -> Dataset:
+        """Triggered: the clean test images not of the target class, labelled with the target (the trigger is
+        added on the device). Targeted: the target images, labelled with the class the attacker intended."""
+        spec = self.poison
+        if spec.kind == "triggered":
+            keep = [i for i, label in enumerate(labels) if label != spec.target_class]
+            return LabelledImages(lambda j: test.load(keep[j]), [spec.target_class] * len(keep))
+        files = [spec.root / t["file"] for t in spec.targets]
+        return LabelledImages(lambda j: _read_image(files[j], test.mode), [int(t["intended_class"]) for t in spec.targets])
+
+    def describe(self) -> dict[str, Any]:
+        """What a results row needs: the attack (from ``poison.json``) and the defense the training data had."""
+        manifest_path = self.source.root / "manifest.json"
+        manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+        if manifest.get("defense") == "jpeg":
+            defense = f"JPEG q={manifest['jpeg_quality']}"
+        elif manifest:
+            defense = f"PureEBM T={manifest['steps']}"
+        else:
+            defense = "none"
+        spec = self.poison
+        return {"attack": spec.attack if spec else "clean", "kind": spec.kind if spec else "",
+                "target_class": spec.target_class if spec else "", "defense": defense}
 
     def _labels_as_in_training(self, test: PoisonedSource) -> list[int]:
         """Test labels by class name, so a test split missing a class does not shift the others."""
@@ -100,11 +140,29 @@ class PoisonedSetDataModule(LightningDataModule):
             return []
         return DataLoader(self.test_set, batch_size=self.batch_size, num_workers=self.num_workers)
 
-    def test_dataloader(self) -> DataLoader:
+    def test_dataloader(self) -> list[DataLoader]:
+        """[clean test images] or, for a folder with ``poison.json``, [clean, poisoned test images]."""
         if self.test_set is None:
             raise FileNotFoundError(f"no clean test images: {self.data} has no test/ split and test_data is not set")
-        return DataLoader(self.test_set, batch_size=self.batch_size, num_workers=self.num_workers)
+        sets = [self.test_set] + ([self.poison_test_set] if self.poison is not None else [])
+        return [DataLoader(s, batch_size=self.batch_size, num_workers=self.num_workers) for s in sets]
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
         images, labels, _ = batch
-        return to_signed_unit(images), labels
+        return self._triggered(to_signed_unit(images), dataloader_idx), labels
+
+    def _triggered(self, x: torch.Tensor, dataloader_idx: int) -> torch.Tensor:
+        """Adds the trigger to the poisoned test loader's images (test loader 1 of a triggered attack)."""
+        if self.poison is None or self.poison.kind != "triggered" or dataloader_idx != 1 or not self._testing():
+            return x
+        t = self.poison.trigger
+        return apply_trigger(x, self._trigger_tensor(), t["mode"], float(t.get("magnification", 1.0)),
+                             float(t.get("alpha", 0.2)), tuple(t.get("position", (0, 0))))
+
+    def _trigger_tensor(self) -> torch.Tensor:
+        if getattr(self, "_trigger", None) is None:
+            self._trigger = self.poison.trigger_array()
+        return self._trigger
+
+    def _testing(self) -> bool:
+        return self.trainer is not None and self.trainer.testing

@@ -107,4 +107,7 @@ class PurifiedDataModule(PoisonedSetDataModule):
         images, labels, indices = batch
         if self.every_epoch and self.trainer is not None and self.trainer.training:  # training batches only
             images = self.purifier(images, int(indices[0]), epoch=self.trainer.current_epoch + 1)
-        return to_signed_unit(images), labels
+        return self._triggered(to_signed_unit(images), dataloader_idx), labels
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "defense": f"PureEBM T={self.steps} (on the fly)"}

@@ -108,7 +108,7 @@ def open_source(root: str | Path) -> PoisonedSource:
     if (root / NUMPY_DATA).is_file():
         return _open_numpy(root)
     if (root / "train").is_dir():
-        others = sorted(p.name for p in root.iterdir() if p.name != "train" and not p.name.startswith("."))
+        others = sorted(p.name for p in root.iterdir() if p.name not in ("train", "manifest.json") and not p.name.startswith("."))
         return _open_image_folder(root, "train", others)
     return _open_image_folder(root, "", [])
 
