@@ -69,8 +69,8 @@ def test_the_classifier_trains_for_an_epoch_through_each_data_path(tmp_path, mon
     defense = {"digits_poisoned": "none", "digits_purified": "PureEBM T=5", "digits_purify_on_the_fly": "PureEBM T=5 (on the fly)"}
     row = next(line for line in (tmp_path / "results/results.md").read_text().splitlines() if "uniform-shift" in line)
     cells = [c.strip() for c in row.strip("|").split("|")]
-    assert cells[:3] == ["uniform-shift", defense[data_config], "1"]
-    assert all(c != "-" for c in cells[3:])  # natural accuracy and poison success were both measured
+    assert cells[:3] == ["uniform-shift x1", defense[data_config], "1"]
+    assert all(c != "-" for c in cells[3:6])  # natural accuracy and poison success were both measured
 
 
 def test_test_labels_follow_class_names_when_the_test_split_lacks_a_class(tmp_path):

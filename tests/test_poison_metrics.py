@@ -54,12 +54,12 @@ def make_folder(root, spec):
     (root / "poison.json").write_text(json.dumps(spec))
 
 
-def evaluate(root, tmp_path):
-    dm = PoisonedSetDataModule(str(root), crop_padding=0, hflip=False, batch_size=2)
+def evaluate(root, tmp_path, **kwargs):
+    dm = PoisonedSetDataModule(str(root), crop_padding=0, hflip=False, batch_size=2, **kwargs)
     module = ClassifierModule(CornerNet(), num_classes=2, mean=(0.5,), std=(0.5,))
     trainer = Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
                       callbacks=[ResultsTable(str(tmp_path / "results"))])
-    return trainer.test(module, dm, verbose=False)
+    return trainer.test(module, dm, verbose=False, ckpt_path=None)
 
 
 def test_triggered_success_counts_non_target_images_flipped_to_the_target(tmp_path):
@@ -71,8 +71,21 @@ def test_triggered_success_counts_non_target_images_flipped_to_the_target(tmp_pa
     # only the non-target (class 0) images count; with the trigger their corners are -0.5, -0.5, 0.504:
     assert poisoned["test/poison_success"] == pytest.approx(1 / 3)
     md = (tmp_path / "results/results.md").read_text()
-    assert "| corner | none | 1 | 100.00 ± 0.00 | 33.33 ± 0.00 | 33.33 |" in md
+    assert "| corner x1 | none | 1 | 100.00 ± n/a | 33.33 ± n/a | 33.33 | - |" in md  # one run: no spread to show
     assert (tmp_path / "results/results.csv").is_file() and (tmp_path / "results/runs.csv").is_file()
+
+    # test-time magnification x3 (the Narcissus paper's): corners -1 + 1.5 = 0.5 flip all three
+    _, poisoned = evaluate(tmp_path / "set", tmp_path, magnification=3)
+    assert poisoned["test/poison_success"] == 1.0
+    assert "| corner x3 | none | 1 |" in (tmp_path / "results/results.md").read_text()
+
+    # the floor: a model trained on a clean folder, tested against the attack's spec
+    clean = tmp_path / "clean"
+    make_folder(clean, {})
+    (clean / "poison.json").unlink()
+    _, floor = evaluate(clean, tmp_path, poison_spec=str(tmp_path / "set/poison.json"))
+    assert floor["test/poison_success"] == pytest.approx(1 / 3)
+    assert "| corner x1 | clean training data (floor) | 1 |" in (tmp_path / "results/results.md").read_text()
 
 
 def test_targeted_success_counts_targets_classified_as_intended(tmp_path):
@@ -84,19 +97,22 @@ def test_targeted_success_counts_targets_classified_as_intended(tmp_path):
         {"file": "targets/t3.png", "intended_class": 0}]})
     _, poisoned = evaluate(tmp_path / "set", tmp_path)
     assert poisoned["test/poison_success"] == pytest.approx(2 / 3)
+    # pooled k/n with its Wilson interval (2/3: 20.8 % to 93.9 %)
+    assert "| gm | none | 1 | 100.00 ± n/a | 66.67 ± n/a | 66.67 | 2/3 [20.8, 93.9] |" in (tmp_path / "results/results.md").read_text()
 
 
-def test_results_table_aggregates_seeds_and_target_classes(tmp_path):
+def test_results_table_averages_class_means_and_spreads_over_seeds(tmp_path):
     from pureebm_lightning.callbacks.results_table import aggregate
 
-    runs = [
-        {"attack": "a", "defense": "none", "target_class": "0", "natural_accuracy": "0.9", "poison_success": "0.8"},
-        {"attack": "a", "defense": "none", "target_class": "0", "natural_accuracy": "0.7", "poison_success": "0.6"},
-        {"attack": "a", "defense": "none", "target_class": "1", "natural_accuracy": "0.8", "poison_success": "0.1"},
-        {"attack": "a", "defense": "JPEG q=75", "target_class": "0", "natural_accuracy": "0.8", "poison_success": "0.0"},
-    ]
+    def run(defense, target, natural, success):
+        return {"attack": "a", "kind": "triggered", "defense": defense, "target_class": target,
+                "natural_accuracy": natural, "poison_success": success}
+
+    runs = [run("none", "0", "0.9", "0.8"), run("none", "0", "0.7", "0.6"), run("none", "1", "0.8", "0.1"),
+            run("none", "2", "0.8", "nan"), run("JPEG q=75", "0", "0.8", "0.0")]
     (jpeg, none) = aggregate(runs)
-    assert none["runs"] == 3 and none["natural_accuracy_mean"] == pytest.approx(0.8)
-    assert none["poison_success_mean"] == pytest.approx(0.5) and none["poison_success_std"] == pytest.approx(0.3606, abs=1e-4)
-    assert none["poison_success_max"] == pytest.approx(0.7)  # target class 0: mean of 0.8 and 0.6
-    assert jpeg["runs"] == 1 and jpeg["poison_success_std"] == 0.0
+    assert none["runs"] == 4 and none["natural_accuracy_mean"] == pytest.approx(0.8)
+    assert none["poison_success_mean"] == pytest.approx(0.4)  # classes 0 (mean 0.7) and 1 (0.1); nan skipped
+    assert none["poison_success_seed_std"] == pytest.approx(0.1414, abs=1e-4)  # only class 0 has two seeds
+    assert none["poison_success_max"] == pytest.approx(0.7)
+    assert jpeg["runs"] == 1 and jpeg["poison_success_seed_std"] is None

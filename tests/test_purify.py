@@ -87,9 +87,11 @@ def test_numpy_pair_is_written_back_as_the_same_pair(tmp_path, grey_ebm):
     images = ((x[:30, 0] + 1) * 127.5).round().byte().numpy()
     np.save(data / "poisoned_training_data.npy", images)
     np.save(data / "poisoned_training_labels.npy", y[:30].numpy())
+    (data / "poison.json").write_text('{"attack": "gm", "kind": "targeted", "targets": []}')
     purify(data, grey_ebm, "--batch_size=7")
     out = tmp_path / "npy_purified"
-    assert files(out) == {"poisoned_training_data.npy", "poisoned_training_labels.npy", "manifest.json"}
+    assert files(out) == {"poisoned_training_data.npy", "poisoned_training_labels.npy", "manifest.json", "poison.json"}
+    assert (out / "poison.json").read_bytes() == (data / "poison.json").read_bytes()  # evaluated as the same attack
     purified = np.load(out / "poisoned_training_data.npy")
     assert purified.shape == images.shape and purified.dtype == np.uint8
     assert 0 < np.abs(purified.astype(int) - images).mean() < 40

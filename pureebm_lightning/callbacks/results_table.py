@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import csv
-import os
+import math
 import statistics
 from collections import defaultdict
 from pathlib import Path
@@ -11,14 +11,18 @@ from pathlib import Path
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_only
 
-RUN_FIELDS = ["attack", "kind", "target_class", "defense", "seed", "natural_accuracy", "poison_success"]
+RUN_FIELDS = ["attack", "kind", "target_class", "defense", "data", "checkpoint", "natural_accuracy",
+              "poison_success", "poison_count"]
 
 
 class ResultsTable(Callback):
-    """After ``pureebm test``, appends this run to ``<out_dir>/runs.csv`` and rewrites ``results.csv`` and
-    ``results.md``: per (attack, defense), the number of runs, natural accuracy and poison success as mean
-    and standard deviation over runs (seeds and target classes), and the largest per-target-class mean
-    poison success (the paper's "max"). The data module says what the attack and the defense were."""
+    """After ``pureebm test``, records this run (one trained model) in ``<out_dir>/runs.csv`` (testing the same
+    checkpoint on the same data again replaces its row) and rewrites ``results.csv`` and ``results.md``: per
+    (attack, defense), the number of runs; natural accuracy and poison success averaged over target classes
+    of their per-class means, with the spread over seeds (standard deviation within a target class, averaged
+    over classes; n/a with one run per class); the largest per-class mean poison success (the paper's
+    "max"); and for targeted attacks the pooled k/n with a 95 % Wilson interval. The data module's
+    ``describe()`` says what the attack and the defense were."""
 
     def __init__(self, out_dir: str = "results") -> None:
         super().__init__()
@@ -32,20 +36,23 @@ class ResultsTable(Callback):
         metrics = trainer.callback_metrics
         row = {
             **describe(),
-            "seed": os.environ.get("PL_GLOBAL_SEED", ""),
+            "data": str(Path(trainer.datamodule.data).resolve()),
+            "checkpoint": str(Path(trainer.ckpt_path).resolve()) if trainer.ckpt_path else "",
             "natural_accuracy": _value(metrics.get("test/accuracy")),
             "poison_success": _value(metrics.get("test/poison_success")),
         }
         self.out_dir.mkdir(parents=True, exist_ok=True)
         runs_path = self.out_dir / "runs.csv"
-        new = not runs_path.is_file()
-        with open(runs_path, "a", newline="") as f:
+        runs = []
+        if runs_path.is_file():
+            with open(runs_path, newline="") as f:
+                runs = [r for r in csv.DictReader(f) if (r["checkpoint"], r["data"], r["attack"]) != (row["checkpoint"], row["data"], row["attack"]) or not row["checkpoint"]]
+        runs.append({k: str(row.get(k, "")) for k in RUN_FIELDS})
+        with open(runs_path, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=RUN_FIELDS)
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
-        with open(runs_path, newline="") as f:
-            table = aggregate(list(csv.DictReader(f)))
+            writer.writeheader()
+            writer.writerows(runs)
+        table = aggregate(runs)
         write_table(table, self.out_dir)
         print(to_markdown(table))
 
@@ -54,32 +61,58 @@ def _value(metric) -> str:
     return "" if metric is None else f"{float(metric):.6f}"
 
 
-def _mean_std(values: list[float]) -> tuple[float, float]:
-    if not values:
+def _numbers(runs: list[dict[str, str]], key: str) -> list[float]:
+    values = [float(r[key]) for r in runs if r.get(key) not in (None, "")]
+    return [v for v in values if math.isfinite(v)]
+
+
+def _per_class(groups: dict[str, list[dict[str, str]]], key: str) -> tuple[float, float | None, float]:
+    """(mean over classes of class means, mean over classes of the within-class stdev or None, max class mean)."""
+    means, spreads = [], []
+    for runs in groups.values():
+        values = _numbers(runs, key)
+        if values:
+            means.append(statistics.fmean(values))
+            if len(values) > 1:
+                spreads.append(statistics.stdev(values))
+    if not means:
+        return float("nan"), None, float("nan")
+    return statistics.fmean(means), (statistics.fmean(spreads) if spreads else None), max(means)
+
+
+def wilson(k: float, n: float, z: float = 1.96) -> tuple[float, float]:
+    """The Wilson score interval of a binomial proportion k/n."""
+    if n <= 0:
         return float("nan"), float("nan")
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+    p = k / n
+    centre, half = (p + z * z / (2 * n)) / (1 + z * z / n), z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return centre - half, centre + half
 
 
 def aggregate(runs: list[dict[str, str]]) -> list[dict[str, object]]:
-    """Rows per (attack, defense): runs, means and standard deviations, max over target classes."""
+    """Rows per (attack, defense); see :class:`ResultsTable`."""
     groups: dict[tuple[str, str], list[dict[str, str]]] = defaultdict(list)
     for run in runs:
         groups[(run["attack"], run["defense"])].append(run)
     table = []
     for (attack, defense), group in sorted(groups.items()):
-        natural = [float(r["natural_accuracy"]) for r in group if r["natural_accuracy"]]
-        success = [float(r["poison_success"]) for r in group if r["poison_success"]]
-        by_target: dict[str, list[float]] = defaultdict(list)
+        by_class: dict[str, list[dict[str, str]]] = defaultdict(list)
         for r in group:
-            if r["poison_success"]:
-                by_target[r["target_class"]].append(float(r["poison_success"]))
-        (nat_mean, nat_std), (suc_mean, suc_std) = _mean_std(natural), _mean_std(success)
-        table.append({
+            by_class[r.get("target_class", "")].append(r)
+        nat_mean, nat_spread, _ = _per_class(by_class, "natural_accuracy")
+        suc_mean, suc_spread, suc_max = _per_class(by_class, "poison_success")
+        row: dict[str, object] = {
             "attack": attack, "defense": defense, "runs": len(group),
-            "natural_accuracy_mean": nat_mean, "natural_accuracy_std": nat_std,
-            "poison_success_mean": suc_mean, "poison_success_std": suc_std,
-            "poison_success_max": max((statistics.fmean(v) for v in by_target.values()), default=float("nan")),
-        })
+            "natural_accuracy_mean": nat_mean, "natural_accuracy_seed_std": nat_spread,
+            "poison_success_mean": suc_mean, "poison_success_seed_std": suc_spread, "poison_success_max": suc_max,
+            "k": "", "n": "", "wilson_low": "", "wilson_high": "",
+        }
+        if group[0].get("kind") == "targeted":
+            pairs = [(float(r["poison_success"]) * float(r["poison_count"]), float(r["poison_count"]))
+                     for r in group if r.get("poison_success") and r.get("poison_count")]
+            k, n = round(sum(p[0] for p in pairs)), round(sum(p[1] for p in pairs))
+            row.update(k=k, n=n, wilson_low=wilson(k, n)[0], wilson_high=wilson(k, n)[1])
+        table.append(row)
     return table
 
 
@@ -92,14 +125,21 @@ def write_table(table: list[dict[str, object]], out_dir: Path) -> None:
 
 
 def to_markdown(table: list[dict[str, object]]) -> str:
-    def pct(mean: float, std: float | None = None) -> str:
+    def pct(mean: float, spread: float | None = None, with_spread: bool = False) -> str:
         if mean != mean:  # nan: not measured
             return "-"
-        return f"{100 * mean:.2f}" + (f" ± {100 * std:.2f}" if std is not None else "")
+        text = f"{100 * mean:.2f}"
+        if with_spread:
+            text += f" ± {100 * spread:.2f}" if spread is not None else " ± n/a"
+        return text
 
-    lines = ["| attack | defense | runs | natural accuracy % | poison success % | max poison success % |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| attack | defense | runs | natural accuracy % | poison success % | max poison success % | targets k/n [95% Wilson] |",
+             "|---|---|---|---|---|---|---|"]
     for r in table:
-        lines.append(f"| {r['attack']} | {r['defense']} | {r['runs']} | {pct(r['natural_accuracy_mean'], r['natural_accuracy_std'])} "
-                     f"| {pct(r['poison_success_mean'], r['poison_success_std'])} | {pct(r['poison_success_max'])} |")
+        kn = f"{r['k']}/{r['n']} [{100 * r['wilson_low']:.1f}, {100 * r['wilson_high']:.1f}]" if r["n"] != "" else "-"
+        lines.append(
+            f"| {r['attack']} | {r['defense']} | {r['runs']} "
+            f"| {pct(r['natural_accuracy_mean'], r['natural_accuracy_seed_std'], True)} "
+            f"| {pct(r['poison_success_mean'], r['poison_success_seed_std'], True)} | {pct(r['poison_success_max'])} | {kn} |"
+        )
     return "\n".join(lines)

@@ -15,14 +15,33 @@ from torchvision.transforms import v2
 
 from pureebm_lightning.poison_spec import PoisonSpec, apply_trigger
 from pureebm_lightning.purification.purifier import to_signed_unit
-from pureebm_lightning.purification.sources import PoisonedSource, open_source
+from pureebm_lightning.purification.sources import PoisonedDataError, PoisonedSource, open_source
 
 
-def _read_image(path: Path, mode: str) -> torch.Tensor:
-    with Image.open(path) as img:
-        arr = np.array(img.convert(mode))
-    arr = arr[:, :, None] if arr.ndim == 2 else arr
-    return torch.from_numpy(arr.transpose(2, 0, 1).copy())
+class _Picked:
+    """``load`` restricted to ``indices`` (picklable, for loader workers)."""
+
+    def __init__(self, load: Callable[[int], torch.Tensor], indices: list[int]) -> None:
+        self.load, self.indices = load, indices
+
+    def __call__(self, j: int) -> torch.Tensor:
+        return self.load(self.indices[j])
+
+
+class _TargetImages:
+    """The target images of a targeted attack, read like the test images and checked against their shape."""
+
+    def __init__(self, files: list[Path], mode: str, shape: tuple[int, int, int]) -> None:
+        self.files, self.mode, self.shape = files, mode, shape
+
+    def __call__(self, j: int) -> torch.Tensor:
+        with Image.open(self.files[j]) as img:
+            arr = np.array(img.convert(self.mode))
+        arr = arr[:, :, None] if arr.ndim == 2 else arr
+        image = torch.from_numpy(arr.transpose(2, 0, 1).copy())
+        if tuple(image.shape) != tuple(self.shape):
+            raise PoisonedDataError(f"{self.files[j]}: target image of shape {tuple(image.shape)}, the test images are {self.shape}")
+        return image
 
 
 class LabelledImages(Dataset):
@@ -52,18 +71,24 @@ class PoisonedSetDataModule(LightningDataModule):
         test_data: folder of clean test images (``<class>/<file>``); default ``<data>/test`` when present.
         crop_padding: RandomCrop(size, padding) for training (paper: 4); 0 turns it off.
         hflip: random horizontal flips for training (paper: on; off for digits).
+        poison_spec: a ``poison.json`` to test against instead of the one in ``data``: point a model trained
+            on clean data at the attack's spec to measure the poison-success floor (METHOD.md).
+        magnification: test-time trigger magnification, replacing the spec's (PureGen: 1, Narcissus: 3).
         batch_size, num_workers: for every loader.
     """
 
     def __init__(self, data: str, test_data: str | None = None, crop_padding: int = 4, hflip: bool = True,
+                 poison_spec: str | None = None, magnification: float | None = None,
                  batch_size: int = 128, num_workers: int = 0) -> None:
         super().__init__()
         self.data, self.test_data, self.crop_padding, self.hflip = data, test_data, crop_padding, hflip
+        self.poison_spec, self.magnification = poison_spec, magnification
         self.batch_size, self.num_workers = batch_size, num_workers
         self.source: PoisonedSource | None = None
         self.train_set: Dataset | None = None
         self.test_set: Dataset | None = None
-        self.poison: PoisonSpec | None = None
+        self.poison: PoisonSpec | None = None  # the attack tested against
+        self.own_poison: PoisonSpec | None = None  # the training folder's own poison.json
         self.poison_test_set: Dataset | None = None
 
     def _augment(self, shape: tuple[int, int, int]) -> v2.Compose | None:
@@ -88,12 +113,14 @@ class PoisonedSetDataModule(LightningDataModule):
             self.train_set = LabelledImages(self.training_images(self.source), self.source.labels, self._augment(self.source.shape))
         if self.test_set is not None:
             return
-        test_root = self.test_data or (self.source.root / "test" if self.source.split == "train" else None)
+        beside = self.source.split == "train" or self.source.kind == "numpy"
+        test_root = self.test_data or (self.source.root / "test" if beside else None)
+        self.own_poison = PoisonSpec.find(self.source.root)
+        self.poison = PoisonSpec.find(Path(self.poison_spec).parent) if self.poison_spec else self.own_poison
         if test_root is not None and Path(test_root).is_dir():
             test = open_source(test_root)
             labels = self._labels_as_in_training(test)
             self.test_set = LabelledImages(test.load, labels)
-            self.poison = PoisonSpec.find(self.source.root)
             if self.poison is not None:
                 self.poison_test_set = self._poison_test_set(test, labels)
 
@@ -103,23 +130,32 @@ class PoisonedSetDataModule(LightningDataModule):
         spec = self.poison
         if spec.kind == "triggered":
             keep = [i for i, label in enumerate(labels) if label != spec.target_class]
-            return LabelledImages(lambda j: test.load(keep[j]), [spec.target_class] * len(keep))
+            return LabelledImages(_Picked(test.load, keep), [spec.target_class] * len(keep))
         files = [spec.root / t["file"] for t in spec.targets]
-        return LabelledImages(lambda j: _read_image(files[j], test.mode), [int(t["intended_class"]) for t in spec.targets])
+        return LabelledImages(_TargetImages(files, test.mode, test.shape), [int(t["intended_class"]) for t in spec.targets])
 
     def describe(self) -> dict[str, Any]:
         """What a results row needs: the attack (from ``poison.json``) and the defense the training data had."""
         manifest_path = self.source.root / "manifest.json"
         manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
         if manifest.get("defense") == "jpeg":
-            defense = f"JPEG q={manifest['jpeg_quality']}"
-        elif manifest:
+            defense = f"JPEG q={manifest.get('jpeg_quality')}"
+        elif manifest.get("steps") is not None:
             defense = f"PureEBM T={manifest['steps']}"
+        elif self.poison is not None and self.own_poison is None:
+            defense = "clean training data (floor)"
         else:
             defense = "none"
         spec = self.poison
-        return {"attack": spec.attack if spec else "clean", "kind": spec.kind if spec else "",
-                "target_class": spec.target_class if spec else "", "defense": defense}
+        attack = spec.attack if spec else "clean"
+        if spec is not None and spec.kind == "triggered":
+            attack += f" x{self._magnification():g}"
+        return {"attack": attack, "kind": spec.kind if spec else "",
+                "target_class": spec.target_class if spec else "", "defense": defense,
+                "poison_count": len(self.poison_test_set) if self.poison_test_set is not None else ""}
+
+    def _magnification(self) -> float:
+        return self.magnification if self.magnification is not None else float(self.poison.trigger.get("magnification", 1.0))
 
     def _labels_as_in_training(self, test: PoisonedSource) -> list[int]:
         """Test labels by class name, so a test split missing a class does not shift the others."""
@@ -156,7 +192,7 @@ class PoisonedSetDataModule(LightningDataModule):
         if self.poison is None or self.poison.kind != "triggered" or dataloader_idx != 1 or not self._testing():
             return x
         t = self.poison.trigger
-        return apply_trigger(x, self._trigger_tensor(), t["mode"], float(t.get("magnification", 1.0)),
+        return apply_trigger(x, self._trigger_tensor(), t["mode"], self._magnification(),
                              float(t.get("alpha", 0.2)), tuple(t.get("position", (0, 0))))
 
     def _trigger_tensor(self) -> torch.Tensor:

@@ -34,7 +34,8 @@ class PurifiedDataModule(PoisonedSetDataModule):
         cache_dir: where purified copies live (default: ``<data>_purify_cache`` beside the input).
         every_epoch: re-purify every epoch instead of once.
         purify_batch_size: batch (and noise block) size of the up-front purification.
-        test_data, crop_padding, hflip, batch_size, num_workers: as in :class:`PoisonedSetDataModule`.
+        test_data, crop_padding, hflip, poison_spec, magnification, batch_size, num_workers: as in
+            :class:`PoisonedSetDataModule`.
     """
 
     def __init__(
@@ -49,10 +50,12 @@ class PurifiedDataModule(PoisonedSetDataModule):
         test_data: str | None = None,
         crop_padding: int = 4,
         hflip: bool = True,
+        poison_spec: str | None = None,
+        magnification: float | None = None,
         batch_size: int = 128,
         num_workers: int = 0,
     ) -> None:
-        super().__init__(data, test_data, crop_padding, hflip, batch_size, num_workers)
+        super().__init__(data, test_data, crop_padding, hflip, poison_spec, magnification, batch_size, num_workers)
         self.ckpt_path, self.steps, self.seed = ckpt_path, steps, seed
         self.cache_dir, self.every_epoch, self.purify_batch_size = cache_dir, every_epoch, purify_batch_size
         self.purifier: Purifier | None = None

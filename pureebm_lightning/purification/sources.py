@@ -129,9 +129,11 @@ def _open_numpy(root: Path) -> PoisonedSource:
     if len(labels) != len(data):
         raise PoisonedDataError(f"{labels_path}: {len(labels)} labels for {len(data)} images")
     channels = 1 if data.ndim == 3 else data.shape[3]
+    others = sorted(p.name for p in root.iterdir()
+                    if p.name not in (NUMPY_DATA, NUMPY_LABELS, "manifest.json") and not p.name.startswith("."))
     return PoisonedSource(
         root=root, kind="numpy", keys=[str(i) for i in range(len(data))], labels=[int(v) for v in labels],
-        shape=(channels, data.shape[1], data.shape[2]), _array=data,
+        shape=(channels, data.shape[1], data.shape[2]), other_entries=others, _array=data,
     )
 
 
