@@ -188,28 +188,25 @@ def truncated(root):
     return victim
 
 
-def not_an_image(root):
+def digits_plus(root, rel, write):
+    """Four good digits and one odd file at ``rel``, written by ``write(path)``; returns the odd file."""
     write_digit_folder(root, 4)
-    bad = root / "train/0/garbage.png"
-    bad.parent.mkdir(parents=True, exist_ok=True)
-    bad.write_bytes(b"this is not a png")
-    return bad
-
-
-def mixed_sizes(root):
-    write_digit_folder(root, 4)
-    odd = root / "train/1/odd.png"
+    odd = root / rel
     odd.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("L", (9, 8)).save(odd)
+    write(odd)
     return odd
 
 
+def not_an_image(root):
+    return digits_plus(root, "train/0/garbage.png", lambda p: p.write_bytes(b"this is not a png"))
+
+
+def mixed_sizes(root):
+    return digits_plus(root, "train/1/odd.png", lambda p: Image.new("L", (9, 8)).save(p))
+
+
 def with_alpha(root):
-    write_digit_folder(root, 4)
-    rgba = root / "train/2/rgba.png"
-    rgba.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGBA", (8, 8)).save(rgba)
-    return rgba
+    return digits_plus(root, "train/2/rgba.png", lambda p: Image.new("RGBA", (8, 8)).save(p))
 
 
 def empty(root):
