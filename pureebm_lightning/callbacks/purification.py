@@ -24,17 +24,7 @@ class PurifiedWriter(BasePredictionWriter):
         self.store.write(prediction["indices"], prediction["images"], rank=trainer.global_rank)
 
     def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        trainer.strategy.barrier("purified")
-        error = None
-        if trainer.is_global_zero:
-            try:
-                self.store.finish()
-            except Exception as err:  # told to every rank below, so that none waits for rank 0
-                error = f"{type(err).__name__}: {err}"
-        error = trainer.strategy.broadcast(error, src=0)
-        trainer.strategy.barrier("finished")
-        if error is not None:
-            raise RuntimeError(f"Finishing the purified output failed on rank 0: {error}")
+        self.store.finish_on_rank_zero(trainer.strategy)
 
 
 class ImagesPerSecondBar(TQDMProgressBar):

@@ -6,16 +6,14 @@ import json
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 from lightning.pytorch import LightningDataModule
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from pureebm_lightning.poison_spec import PoisonSpec, apply_trigger
 from pureebm_lightning.purification.purifier import to_signed_unit
-from pureebm_lightning.purification.sources import PoisonedDataError, PoisonedSource, open_source
+from pureebm_lightning.purification.sources import PoisonedDataError, PoisonedSource, open_source, read_image
 
 
 class _Picked:
@@ -35,10 +33,7 @@ class _TargetImages:
         self.files, self.mode, self.shape = files, mode, shape
 
     def __call__(self, j: int) -> torch.Tensor:
-        with Image.open(self.files[j]) as img:
-            arr = np.array(img.convert(self.mode))
-        arr = arr[:, :, None] if arr.ndim == 2 else arr
-        image = torch.from_numpy(arr.transpose(2, 0, 1).copy())
+        image = read_image(self.files[j], self.mode)
         if tuple(image.shape) != tuple(self.shape):
             raise PoisonedDataError(f"{self.files[j]}: target image of shape {tuple(image.shape)}, the test images are {self.shape}")
         return image
@@ -90,6 +85,7 @@ class PoisonedSetDataModule(LightningDataModule):
         self.poison: PoisonSpec | None = None  # the attack tested against
         self.own_poison: PoisonSpec | None = None  # the training folder's own poison.json
         self.poison_test_set: Dataset | None = None
+        self.trigger: torch.Tensor | None = None  # a triggered attack's pattern, added to poisoned test images
 
     def _augment(self, shape: tuple[int, int, int]) -> v2.Compose | None:
         steps = []
@@ -123,6 +119,8 @@ class PoisonedSetDataModule(LightningDataModule):
             self.test_set = LabelledImages(test.load, labels)
             if self.poison is not None:
                 self.poison_test_set = self._poison_test_set(test, labels)
+                if self.poison.kind == "triggered":
+                    self.trigger = self.poison.trigger_array()
 
     def _poison_test_set(self, test: PoisonedSource, labels: list[int]) -> Dataset:
         """Triggered: the clean test images not of the target class, labelled with the target (the trigger is
@@ -192,13 +190,8 @@ class PoisonedSetDataModule(LightningDataModule):
         if self.poison is None or self.poison.kind != "triggered" or dataloader_idx != 1 or not self._testing():
             return x
         t = self.poison.trigger
-        return apply_trigger(x, self._trigger_tensor(), t["mode"], self._magnification(),
+        return apply_trigger(x, self.trigger, t["mode"], self._magnification(),
                              float(t.get("alpha", 0.2)), tuple(t.get("position", (0, 0))))
-
-    def _trigger_tensor(self) -> torch.Tensor:
-        if getattr(self, "_trigger", None) is None:
-            self._trigger = self.poison.trigger_array()
-        return self._trigger
 
     def _testing(self) -> bool:
         return self.trainer is not None and self.trainer.testing

@@ -93,17 +93,7 @@ class PurifiedDataModule(PoisonedSetDataModule):
         for images, indices in tqdm(loader, desc=f"Purifying (T = {self.steps})", disable=rank != 0 or not mine):
             store.write(indices.tolist(), self.purifier(images.to(device), int(indices[0])), rank=rank)
         self.purified_now = sum(len(b) for b in mine)
-        self._barrier("purify-cache-written")
-        error = None
-        if rank == 0:
-            try:
-                store.finish()
-            except Exception as err:  # told to every rank, so that none waits for rank 0
-                error = f"{type(err).__name__}: {err}"
-        if self.trainer is not None:
-            error = self.trainer.strategy.broadcast(error, src=0)
-        if error is not None:
-            raise RuntimeError(f"Finishing the purification cache {store.out} failed: {error}")
+        store.finish_on_rank_zero(self.trainer.strategy if self.trainer is not None else None)
         return store
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -6,14 +6,17 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from PIL import Image
 
 from pureebm_lightning import __version__
-from pureebm_lightning.purification.sources import NUMPY_DATA, NUMPY_LABELS, PoisonedSource, blocks
+from pureebm_lightning.purification.sources import NUMPY_DATA, NUMPY_LABELS, PoisonedSource, blocks, hwc_to_chw, read_image
+
+if TYPE_CHECKING:
+    from lightning.pytorch.strategies import Strategy
 
 MANIFEST = "manifest.json"
 #: settings that make two purifications of the same source the same run
@@ -39,6 +42,7 @@ class PurifiedStore:
         self.source, self.out = source, Path(out)
         self.settings = {"source": str(source.root.resolve()), **settings}
         self.chunks = self.out / ".chunks"
+        self._purified: np.ndarray | None = None  # the assembled NumPy output, opened by load()
 
     # -- the run's identity ---------------------------------------------------------------------------
     def read_manifest(self) -> dict[str, Any] | None:
@@ -60,7 +64,6 @@ class PurifiedStore:
             return
         if overwrite:
             return
-        manifest = {"defense": "pureebm", **manifest}  # manifests from before the JPEG baseline
         different = {k: (manifest.get(k), self.settings.get(k)) for k in RUN_KEYS if manifest.get(k) != self.settings.get(k)}
         if different:
             listed = ", ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in different.items())
@@ -97,9 +100,10 @@ class PurifiedStore:
             return [i for i in range(len(self.source)) if i not in done]
         return [i for i, key in enumerate(self.source.keys) if not (self.out / key).is_file()]
 
-    def todo_blocks(self, block_size: int) -> list[list[int]]:
-        """The fixed blocks (see :func:`blocks`) that still hold an image not purified by this run."""
-        missing = set(self.todo())
+    def todo_blocks(self, block_size: int, missing: list[int] | None = None) -> list[list[int]]:
+        """The fixed blocks (see :func:`blocks`) that still hold an image not purified by this run
+        (``missing``: a :meth:`todo` result already at hand)."""
+        missing = set(self.todo() if missing is None else missing)
         return [b for b in blocks(len(self.source), block_size) if not missing.isdisjoint(b)]
 
     def write(self, indices: list[int], images: torch.Tensor, rank: int = 0) -> None:
@@ -151,17 +155,31 @@ class PurifiedStore:
         self.write_manifest(complete=True, done=len(self.source))
         shutil.rmtree(self.chunks, ignore_errors=True)  # after the manifest: a kill here loses nothing
 
+    def finish_on_rank_zero(self, strategy: Strategy | None) -> None:
+        """Once every rank has written its blocks, global rank 0 runs :meth:`finish`; a failure there is raised
+        on every rank, so that none waits for rank 0. ``strategy`` None: a single process."""
+        if strategy is None:
+            self.finish()
+            return
+        strategy.barrier("purified")
+        error = None
+        if strategy.is_global_zero:
+            try:
+                self.finish()
+            except Exception as err:
+                error = f"{type(err).__name__}: {err}"
+        error = strategy.broadcast(error, src=0)
+        strategy.barrier("finished")
+        if error is not None:
+            raise RuntimeError(f"Finishing the purified output {self.out} failed on rank 0: {error}")
+
     def load(self, i: int) -> torch.Tensor:
         """Purified image ``i`` as (C, H, W) uint8 (after :meth:`finish` for NumPy sources)."""
         if self.source.kind == "numpy":
-            if not hasattr(self, "_purified"):
+            if self._purified is None:
                 self._purified = np.load(self.out / NUMPY_DATA, mmap_mode="r")
-            arr = np.array(self._purified[i])
-        else:
-            with Image.open(self.out / self.source.keys[i]) as img:
-                arr = np.array(img.convert(self.source.mode))
-        arr = arr[:, :, None] if arr.ndim == 2 else arr
-        return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+            return hwc_to_chw(np.array(self._purified[i]))
+        return read_image(self.out / self.source.keys[i], self.source.mode)
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -42,11 +42,11 @@ class PurifyModule(LightningModule):
         self.trainer.strategy.barrier("purify-prepared")
 
     def predict_dataloader(self) -> DataLoader:
-        todo = self.store.todo_blocks(self.batch_size)
-        missing = len(self.store.todo())
+        missing = self.store.todo()
+        todo = self.store.todo_blocks(self.batch_size, missing)
         rank_zero_info(
-            f"Purifying {missing} of {len(self.store.source)} images of {self.store.source.root} "
-            f"({len(self.store.source) - missing} already done) with {self.purifier.describe()} into {self.store.out}"
+            f"Purifying {len(missing)} of {len(self.store.source)} images of {self.store.source.root} "
+            f"({len(self.store.source) - len(missing)} already done) with {self.purifier.describe()} into {self.store.out}"
         )
         mine = todo[self.trainer.global_rank :: self.trainer.world_size]
         # BlockBatches returns every index it is given; Lightning cannot know that and would warn

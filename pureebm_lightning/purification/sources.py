@@ -22,6 +22,21 @@ class PoisonedDataError(ValueError):
     """A poisoned input that cannot be purified; the message names the file and the problem."""
 
 
+def hwc_to_chw(arr: np.ndarray) -> torch.Tensor:
+    """An (H, W) or (H, W, C) uint8 array as a (C, H, W) tensor."""
+    arr = arr[:, :, None] if arr.ndim == 2 else arr
+    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+
+
+def read_image(path: Path, mode: str) -> torch.Tensor:
+    """The image file at ``path`` in PIL ``mode`` ("L" or "RGB") as a (C, H, W) uint8 tensor."""
+    try:
+        with Image.open(path) as img:
+            return hwc_to_chw(np.array(img.convert(mode)))
+    except (OSError, UnidentifiedImageError) as err:
+        raise PoisonedDataError(f"{path}: cannot read this image ({err})") from err
+
+
 @dataclass
 class PoisonedSource:
     """The training images of a poisoned set: keys (relative output paths, or indices), labels, one image shape.
@@ -54,18 +69,11 @@ class PoisonedSource:
 
     def load(self, i: int) -> torch.Tensor:
         """Image ``i`` as a (C, H, W) uint8 tensor."""
-        if self.kind == "numpy":
-            arr = np.array(self._array[i])
-        else:
-            try:
-                with Image.open(self.path(i)) as img:
-                    arr = np.array(img.convert(self.mode))
-            except (OSError, UnidentifiedImageError) as err:
-                raise PoisonedDataError(f"{self.path(i)}: cannot read this image ({err})") from err
-        arr = arr[:, :, None] if arr.ndim == 2 else arr
-        if arr.shape[:2] != self.shape[1:]:
-            raise PoisonedDataError(f"{self.path(i) if self.kind != 'numpy' else f'row {i}'}: size {arr.shape[:2]} differs from {self.shape[1:]}")
-        return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+        image = hwc_to_chw(np.array(self._array[i])) if self.kind == "numpy" else read_image(self.path(i), self.mode)
+        if tuple(image.shape) != self.shape:
+            where = f"row {i}" if self.kind == "numpy" else self.path(i)
+            raise PoisonedDataError(f"{where}: shape {tuple(image.shape)} differs from the set's {self.shape}")
+        return image
 
 
 class SourceImages(Dataset):
