@@ -181,10 +181,13 @@ class EBMModule(LightningModule):
         e_pos, e_neg = energy[:n].mean(), energy[n:].mean()
         loss = (e_pos - e_neg) / self.sampler.temperature
 
-        chains_ok, loss_ok = bool(torch.isfinite(negatives).all()), bool(torch.isfinite(loss))
+        finite = bool(torch.isfinite(negatives).all() & torch.isfinite(loss))  # one host sync a step
         # decided together so that every rank stops, not only the one that diverged
-        if self.trainer.strategy.reduce_boolean_decision(not (chains_ok and loss_ok), all=False):
-            what = "Non-finite Langevin chains" if not chains_ok else "Non-finite energy" if not loss_ok else "Non-finite values on another rank"
+        if self.trainer.strategy.reduce_boolean_decision(not finite, all=False):
+            if not torch.isfinite(negatives).all():
+                what = "Non-finite Langevin chains"
+            else:
+                what = "Non-finite energy" if not torch.isfinite(loss) else "Non-finite values on another rank"
             raise self._diverged(f"{what} (E(x+) = {e_pos.item():.4g}, E(x-) = {e_neg.item():.4g})")
 
         fresh = x + self.data_noise * self._noise_like(x)
