@@ -11,7 +11,7 @@ from lightning.pytorch.cli import LightningCLI
 def main(args: list[str] | None = None) -> None:
     """Entry point of ``pureebm``; ``args`` replaces ``sys.argv[1:]`` (for tests).
 
-    ``purify`` has its own parser: LightningCLI reserves ``--data`` for a data module, and
+    ``poison`` and ``purify`` have their own parsers: LightningCLI reserves ``--data`` for a data module, and
     ``pureebm purify --data poisoned/`` must name a folder.
     """
     argv = sys.argv[1:] if args is None else list(args)
@@ -25,10 +25,27 @@ def main(args: list[str] | None = None) -> None:
         except (PoisonedDataError, PurificationConflict, FileNotFoundError) as err:  # the user's input: no traceback
             raise SystemExit(f"pureebm purify: error: {err}") from err
         return
+    if argv[:1] == ["poison"]:
+        from pureebm_lightning.poisoning.command import poison
+        from pureebm_lightning.purification import PoisonedDataError
+
+        try:
+            poison(argv[1:])
+        except (PoisonedDataError, FileNotFoundError) as err:  # the user's input: no traceback
+            raise SystemExit(f"pureebm poison: error: {err}") from err
+        return
     if argv[:1] in (["-h"], ["--help"]) or not argv:
-        print("pureebm purify --data POISONED_DIR --ckpt_path EBM.ckpt: purify a poisoned training set "
+        print("pureebm poison --attack NAME --out POISONED_DIR: make a poisoned training set, or --import FORMAT "
+              "--source PATH to read one (`pureebm poison --help`)\n"
+              "pureebm purify --data POISONED_DIR --ckpt_path EBM.ckpt: purify a poisoned training set "
               "(`pureebm purify --help` lists its options)\n")
-    LightningCLI(  # models and data chosen by class_path in YAML
+    make_cli(args)
+
+
+def make_cli(args: list[str] | None = None, run: bool = True) -> LightningCLI:
+    """The LightningCLI of ``pureebm fit/validate/test/predict``; ``run=False`` only builds the model, data module
+    and trainer from ``args`` (configs and flags, no subcommand), for scripts that drive them."""
+    return LightningCLI(  # models and data chosen by class_path in YAML
         LightningModule,
         LightningDataModule,
         subclass_mode_model=True,
@@ -36,6 +53,7 @@ def main(args: list[str] | None = None) -> None:
         auto_configure_optimizers=False,
         save_config_kwargs={"overwrite": True},
         args=args,
+        run=run,
     )
 
 

@@ -8,9 +8,12 @@ purified folder is evaluated against the same attack). Two kinds:
   "patch": the trigger pasted at ``position`` [row, col]; "blend": (1 - alpha) x + alpha * trigger),
   ``magnification`` m (additive; the paper tests at 1, Narcissus' paper at 3) and ``alpha`` (blend).
   Poison success: share of clean test images whose class is not the target that, triggered, are
-  classified as the target.
+  classified as the target. Mode "images" has no trigger array: ``folder`` holds test images already
+  triggered by the attack's own tool (BackdoorBench's ``bd_test_dataset``), all counted.
 - ``targeted`` (Gradient Matching, Bullseye Polytope): ``targets``, a list of {``file``: image path
   relative to the folder, ``intended_class``}. Poison success: share of targets classified as intended.
+
+``clean``: the attack "none" (the same split, unpoisoned): treated as a folder without ``poison.json``.
 
 Other keys (``attack``, ``budget``, ``epsilon``, ``poison_indices``, ...) are recorded, not interpreted.
 """
@@ -49,6 +52,8 @@ class PoisonSpec:
             return None
         raw = json.loads(path.read_text())
         kind = raw.get("kind")
+        if kind == "clean":  # `pureebm poison --attack none`: the same split, nothing poisoned
+            return None
         if kind not in ("triggered", "targeted"):
             raise ValueError(f"{path}: 'kind' must be 'triggered' or 'targeted', got {kind!r}")
         if kind == "triggered" and (raw.get("target_class") is None or not raw.get("trigger")):

@@ -119,13 +119,18 @@ class PoisonedSetDataModule(LightningDataModule):
             self.test_set = LabelledImages(test.load, labels)
             if self.poison is not None:
                 self.poison_test_set = self._poison_test_set(test, labels)
-                if self.poison.kind == "triggered":
+                if self.poison.kind == "triggered" and self.poison.trigger.get("mode") != "images":
                     self.trigger = self.poison.trigger_array()
 
     def _poison_test_set(self, test: PoisonedSource, labels: list[int]) -> Dataset:
         """Triggered: the clean test images not of the target class, labelled with the target (the trigger is
         added on the device). Targeted: the target images, labelled with the class the attacker intended."""
         spec = self.poison
+        if spec.kind == "triggered" and spec.trigger.get("mode") == "images":  # triggered by the attack's own tool
+            triggered = open_source(spec.root / spec.trigger["folder"])
+            if triggered.shape != test.shape:
+                raise PoisonedDataError(f"{triggered.root}: images of shape {triggered.shape}, the test images are {test.shape}")
+            return LabelledImages(triggered.load, [spec.target_class] * len(triggered))
         if spec.kind == "triggered":
             keep = [i for i, label in enumerate(labels) if label != spec.target_class]
             return LabelledImages(_Picked(test.load, keep), [spec.target_class] * len(keep))
@@ -187,7 +192,7 @@ class PoisonedSetDataModule(LightningDataModule):
 
     def _triggered(self, x: torch.Tensor, dataloader_idx: int) -> torch.Tensor:
         """Adds the trigger to the poisoned test loader's images (test loader 1 of a triggered attack)."""
-        if self.poison is None or self.poison.kind != "triggered" or dataloader_idx != 1 or not self._testing():
+        if self.trigger is None or dataloader_idx != 1 or not self._testing():
             return x
         t = self.poison.trigger
         return apply_trigger(x, self.trigger, t["mode"], self._magnification(),

@@ -1,0 +1,143 @@
+"""Gradient Matching / Witches' Brew (Geiping et al. 2021): clean-label, triggerless, targeted poisoning.
+
+The attacker picks a test image (the target) and a class it should take (the intended class), and perturbs
+``budget`` x N training images of the intended class within ``|delta| <= epsilon`` so that the training
+gradient of the poisons points where the gradient that would teach the target the intended class points:
+
+    min_delta  1 - cos( grad_theta CE(f(x_t), y_adv),  grad_theta CE(f(aug(x_p + delta)), y_p) )
+
+on a surrogate trained on the clean training set. As published: signed-gradient Adam, step size dropped
+x0.1 at 3/8, 5/8 and 7/8 of the steps, projection onto the l_inf ball and the image box after every step,
+differentiable augmentation, several random restarts of which the lowest final objective is kept.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+from pureebm_lightning.poisoning.budget import choose_rows, poison_count
+from pureebm_lightning.poisoning.clean_data import CleanData, Split, signed
+from pureebm_lightning.poisoning.narcissus import quantise
+from pureebm_lightning.poisoning.poisoned_folder import Poisoning, Target
+from pureebm_lightning.poisoning.surrogate import random_shift, train_surrogate
+from pureebm_lightning.purification.sources import PoisonedDataError
+
+
+def pick_target(clean: CleanData, generator: torch.Generator, target_id: int | None,
+                intended_class: int | None) -> tuple[int, int]:
+    """(row of the target in the test split, intended class): given, or drawn (a test image of another class)."""
+    test = clean.test
+    if target_id is not None:
+        rows = (test.ids == target_id).nonzero().flatten()
+        if len(rows) == 0:
+            raise PoisonedDataError(f"--target_id {target_id} is not the id of a test image")
+        row = int(rows[0])
+    else:
+        candidates = (test.labels != intended_class).nonzero().flatten() if intended_class is not None else torch.arange(len(test))
+        row = int(candidates[torch.randint(len(candidates), (1,), generator=generator)])
+    if intended_class is None:
+        others = [c for c in range(len(clean.classes)) if c != int(test.labels[row])]
+        intended_class = others[int(torch.randint(len(others), (1,), generator=generator))]
+    if intended_class == int(test.labels[row]):
+        raise PoisonedDataError(f"the target (test id {int(test.ids[row])}) already is of class {intended_class}")
+    return row, intended_class
+
+
+class GradientMatching:
+    """The alignment objective of one surrogate and one target; ``__call__`` gives ``1 - cos`` for poisons."""
+
+    def __init__(self, model: torch.nn.Module, target: Tensor, intended_class: int) -> None:
+        self.model = model
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        device = self.params[0].device
+        with torch.enable_grad():
+            loss = F.cross_entropy(model(target[None].to(device)), torch.tensor([intended_class], device=device))
+            self.target_grad = [g.detach() for g in torch.autograd.grad(loss, self.params)]
+        self.target_norm = torch.sqrt(sum(g.pow(2).sum() for g in self.target_grad))
+
+    def __call__(self, poisons: Tensor, labels: Tensor, create_graph: bool = True) -> Tensor:
+        loss = F.cross_entropy(self.model(poisons), labels)
+        grads = torch.autograd.grad(loss, self.params, create_graph=create_graph)
+        dot = sum((g * t).sum() for g, t in zip(grads, self.target_grad))
+        norm = torch.sqrt(sum(g.pow(2).sum() for g in grads))
+        return 1 - dot / (self.target_norm * norm)
+
+
+@torch.enable_grad()
+def craft(objective: GradientMatching, x: Tensor, y: Tensor, epsilon: int, steps: int = 240, restarts: int = 8,
+          step_size: float = 6.0, max_shift: int = 2, hflip: bool = False, seed: int = 0,
+          progress: bool = True) -> tuple[Tensor, list[list[float]], list[float]]:
+    """Perturbations (int16 1/255 steps, like ``x``'s shape) of poisons ``x`` ([-1, 1]) with labels ``y``.
+
+    Returns the best restart's steps, every restart's objective per step, and each restart's final objective
+    (without augmentation, after rounding to the pixel grid). ``step_size`` is Adam's first step in 1/255.
+    """
+    device = objective.params[0].device
+    x, y, bound = x.to(device), y.to(device), 2 * epsilon / 255
+    generator = torch.Generator().manual_seed(seed)
+    histories, finals, best = [], [], None
+    bar = tqdm(total=restarts * steps, desc="Gradient matching", disable=not progress, leave=False)
+    for _ in range(restarts):
+        delta = ((torch.rand(x.shape, generator=generator) * 2 - 1) * bound).to(device).requires_grad_(True)
+        optimizer = torch.optim.Adam([delta], lr=2 * step_size / 255)
+        drops = [int(steps * f) for f in (3 / 8, 5 / 8, 7 / 8)]
+        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, drops, 0.1)
+        history = []
+        for _ in range(steps):
+            loss = objective(random_shift(x + delta, max_shift, generator, hflip), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            delta.grad.sign_()
+            optimizer.step()
+            scheduler.step()
+            with torch.no_grad():  # onto the l_inf ball, then into the image box
+                delta.clamp_(-bound, bound)
+                delta.copy_((x + delta).clamp(-1, 1) - x)
+            history.append(loss.item())
+            bar.update()
+        steps_255 = quantise(delta.detach().cpu(), epsilon)
+        final = objective(((x.cpu() + steps_255.float() / 127.5).clamp(-1, 1)).to(device), y, create_graph=False).item()
+        histories.append(history)
+        finals.append(final)
+        if best is None or final < min(finals[:-1]):
+            best = steps_255
+    bar.close()
+    return best, histories, finals
+
+
+def gradient_matching(clean: CleanData, budget: float = 0.01, epsilon: int = 8, steps: int = 240, restarts: int = 8,
+                      step_size: float = 6.0, surrogate_epochs: int = 30, seed: int = 0, target_id: int | None = None,
+                      intended_class: int | None = None, arch: str = "auto", accelerator: str = "auto",
+                      hflip: bool = False, progress: bool = True) -> Poisoning:
+    """The attack: surrogate trained on the clean training set (the attacker knows the data, not the victim's
+    initialisation), target and intended class drawn from ``seed`` unless given, poisons ``budget`` x N
+    random images of the intended class; the target leaves the test split for ``targets/``."""
+    generator = torch.Generator().manual_seed(seed)
+    row, intended_class = pick_target(clean, generator, target_id, intended_class)
+    train = clean.train
+    rows = choose_rows(train.labels, poison_count(budget, len(train)), generator, of_class=intended_class)
+    model = train_surrogate(train, len(clean.classes), surrogate_epochs, seed, arch, accelerator, hflip, progress)
+    objective = GradientMatching(model, signed(clean.test.images[row]), intended_class)
+    x, y = signed(train.images[rows]), train.labels[rows]
+    steps_255, histories, finals = craft(objective, x, y, epsilon, steps, restarts, step_size, hflip=hflip,
+                                         seed=seed, progress=progress)
+    start = objective(x.to(objective.params[0].device), y.to(objective.params[0].device), create_graph=False).item()
+    images = train.images.clone()
+    images[rows] = (images[rows].int() + steps_255.int()).clamp(0, 255).to(torch.uint8)
+    keep = torch.arange(len(clean.test)) != row
+    target = Target(clean.test.images[row], int(clean.test.ids[row]), int(clean.test.labels[row]), intended_class)
+    best = min(range(len(finals)), key=finals.__getitem__)
+    record = {"budget": budget, "epsilon_255": epsilon, "steps": steps, "restarts": restarts, "step_size_255": step_size,
+              "surrogate_epochs": surrogate_epochs,
+              "objective": {"name": "1 - cosine(target gradient, poison gradient), surrogate",
+                            "no_perturbation": start, "restarts_final": finals, "best_restart": best,
+                            "best_final": finals[best], "best_first_step": histories[best][0],
+                            "best_last_step": histories[best][-1]}}
+    return Poisoning(
+        attack="gradient_matching", kind="targeted", train=Split(images, train.labels.clone(), train.ids),
+        test=clean.test.subset(keep), poison_ids=train.ids[rows].tolist(), clean_label=True, targets=[target],
+        record=record,
+    )

@@ -1,0 +1,136 @@
+"""Narcissus (Zeng et al. 2023): a clean-label backdoor whose trigger is optimised on the attacker's surrogate.
+
+The trigger delta (one image, ``|delta| <= epsilon``) minimises a surrogate's cross-entropy towards the
+target class over augmented target-class images: ``min_delta sum_x CE(f(clamp(aug(x) + delta)), target)``,
+optimised with RAdam and projected onto the l_inf ball after every step, as in the published code. It is
+then added to a few training images *of the target class* (labels unchanged); at test time it is added
+(times a magnification) to images of other classes.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+from tqdm.auto import tqdm
+
+from pureebm_lightning.poisoning.budget import choose_rows, poison_count
+from pureebm_lightning.poisoning.clean_data import CleanData, Split, signed
+from pureebm_lightning.poisoning.poisoned_folder import Poisoning
+from pureebm_lightning.poisoning.surrogate import fit, random_shift, train_surrogate
+from pureebm_lightning.purification.sources import PoisonedDataError
+
+
+def quantise(trigger: Tensor, epsilon: int | None = None) -> Tensor:
+    """A trigger in the [-1, 1] image space as whole 1/255 pixel steps (int16), clipped to ``epsilon``: added
+    to 8-bit images it stays on their grid, so storing the poisoned set neither erases nor doubles it."""
+    steps = (trigger.float() * 127.5).round()
+    if epsilon is not None:
+        steps = steps.clamp(-epsilon, epsilon)
+    return steps.to(torch.int16)
+
+
+@torch.enable_grad()
+def optimise_trigger(model: torch.nn.Module, images: Tensor, target_class: int, epsilon: int, steps: int = 500,
+                     lr: float = 0.01, batch_size: int = 64, max_shift: int = 2, hflip: bool = False,
+                     seed: int = 0, progress: bool = True) -> tuple[Tensor, list[float]]:
+    """The Narcissus trigger (float, (1, C, H, W), [-1, 1] space) for ``model`` from target-class ``images``
+    ([-1, 1]), and the loss of every step."""
+    device = next(model.parameters()).device
+    images, bound = images.to(device), 2 * epsilon / 255
+    generator = torch.Generator().manual_seed(seed)
+    delta = torch.zeros(1, *images.shape[1:], device=device, requires_grad=True)
+    optimizer = torch.optim.RAdam([delta], lr=lr)
+    labels = torch.full((min(batch_size, len(images)),), target_class, device=device)
+    model.requires_grad_(False)
+    history = []
+    for _ in tqdm(range(steps), desc="Narcissus trigger", disable=not progress, leave=False):
+        batch = images[torch.randperm(len(images), generator=generator)[: len(labels)].to(device)]
+        loss = F.cross_entropy(model((random_shift(batch, max_shift, generator, hflip) + delta).clamp(-1, 1)), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            delta.clamp_(-bound, bound)
+        history.append(loss.item())
+    model.requires_grad_(True)
+    return delta.detach().cpu(), history
+
+
+@torch.no_grad()
+def target_loss(model: torch.nn.Module, images: Tensor, target_class: int, trigger: Tensor) -> float:
+    """Mean cross-entropy towards ``target_class`` of ``images`` + ``trigger`` (no augmentation): the objective."""
+    device = next(model.parameters()).device
+    logits = model((images.to(device) + trigger.to(device)).clamp(-1, 1))
+    return F.cross_entropy(logits, torch.full((len(images),), target_class, device=device)).item()
+
+
+def add_trigger(clean: CleanData, target_class: int, budget: float, trigger_steps: Tensor, seed: int) -> tuple[Split, list[int]]:
+    """The training set with ``trigger_steps`` (int, 1/255 steps) added to ``budget`` x N target-class images."""
+    train = clean.train
+    rows = choose_rows(train.labels, poison_count(budget, len(train)), torch.Generator().manual_seed(seed),
+                       of_class=target_class)
+    images = train.images.clone()
+    images[rows] = (images[rows].int() + trigger_steps.int().reshape(clean.shape)).clamp(0, 255).to(torch.uint8)
+    return Split(images, train.labels.clone(), train.ids), train.ids[rows].tolist()
+
+
+def narcissus(clean: CleanData, target_class: int, budget: float = 0.01, epsilon: int = 8, steps: int = 500,
+              lr: float = 0.01, surrogate_epochs: int = 30, warmup_epochs: int = 0, warmup_lr: float = 0.1,
+              magnification: float = 1.0, seed: int = 0, arch: str = "auto", accelerator: str = "auto",
+              hflip: bool = False, progress: bool = True) -> Poisoning:
+    """The attack: a surrogate trained on the attacker's pool (disjoint from the victim's training set), then
+    optionally warmed up for ``warmup_epochs`` on target-class images alone (RAdam, ``warmup_lr``; the
+    published code: 5 epochs at 0.1), the trigger optimised on every target-class image the attacker holds
+    (its pool's and the training images it poisons) and added to ``budget`` x N target-class training images.
+    The test-time ``magnification`` is recorded in ``poison.json``."""
+    train = clean.train
+    if len(clean.pool) == 0:
+        raise PoisonedDataError("Narcissus trains its surrogate on the attacker's own data: set --holdout > 0 or pass --attacker_data")
+    known = Split(torch.cat([clean.pool.images[clean.pool.labels == target_class], train.images[train.labels == target_class]]),
+                  torch.cat([clean.pool.labels[clean.pool.labels == target_class], train.labels[train.labels == target_class]]),
+                  torch.cat([clean.pool.ids[clean.pool.labels == target_class], train.ids[train.labels == target_class]]))
+    model = train_surrogate(clean.pool, len(clean.classes), surrogate_epochs, seed, arch, accelerator, hflip, progress)
+    if warmup_epochs > 0:
+        model.optimizer_factory, model.scheduler_factory = (lambda p: torch.optim.RAdam(p, lr=warmup_lr)), None
+        fit(model, known, warmup_epochs, accelerator, hflip, progress)
+    x = signed(known.images)
+    trigger, history = optimise_trigger(model, x, target_class, epsilon, steps, lr, hflip=hflip, seed=seed, progress=progress)
+    trigger_steps = quantise(trigger, epsilon)
+    stored = trigger_steps.float() / 127.5
+    start, end = target_loss(model, x, target_class, torch.zeros_like(stored)), target_loss(model, x, target_class, stored)
+    poisoned, poison_ids = add_trigger(clean, target_class, budget, trigger_steps, seed)
+    window = max(1, len(history) // 10)
+    record = {"budget": budget, "epsilon_255": epsilon, "steps": steps, "lr": lr, "surrogate_epochs": surrogate_epochs,
+              "warmup_epochs": warmup_epochs, "warmup_lr": warmup_lr,
+              "surrogate_trained_on": f"the attacker's pool of {len(clean.pool)} images",
+              "trigger_optimised_on": f"{len(known)} target-class images (pool and training)",
+              "objective": {"name": "cross-entropy towards the target class, surrogate, target-class images",
+                            "no_trigger": start, "trigger": end,
+                            "first_steps_mean": sum(history[:window]) / window,
+                            "last_steps_mean": sum(history[-window:]) / window}}
+    return Poisoning(
+        attack="narcissus", kind="triggered", train=poisoned, test=clean.test, poison_ids=poison_ids, clean_label=True,
+        target_class=target_class, trigger=stored, trigger_spec={"mode": "additive", "magnification": magnification},
+        record=record,
+    )
+
+
+def apply_narcissus_trigger(clean: CleanData, trigger: Tensor, target_class: int, budget: float = 0.01,
+                            magnification: float = 1.0, seed: int = 0) -> Poisoning:
+    """Import: a published Narcissus trigger array ((1, C, H, W) or (C, H, W), [-1, 1] space) added to
+    ``budget`` x N target-class images of a local dataset, rounded to whole 1/255 steps."""
+    if tuple(trigger.shape[-3:]) != clean.shape:
+        raise PoisonedDataError(f"the trigger has shape {tuple(trigger.shape[-3:])}, the images are {clean.shape}")
+    if not torch.isfinite(trigger).all() or trigger.abs().max() > 1:
+        raise PoisonedDataError("the trigger must be finite and in [-1, 1] (the image space of Narcissus' arrays)")
+    trigger_steps = quantise(trigger)
+    train, poison_ids = add_trigger(clean, target_class, budget, trigger_steps, seed)
+    epsilon = int(trigger_steps.abs().max())
+    return Poisoning(
+        attack="narcissus", kind="triggered", train=train, test=clean.test, poison_ids=poison_ids, clean_label=True,
+        target_class=target_class, trigger=(trigger_steps.float() / 127.5).reshape(1, *clean.shape),
+        trigger_spec={"mode": "additive", "magnification": magnification},
+        record={"budget": budget, "epsilon_255": epsilon, "imported": True,
+                "rounding_255": float((trigger.float() * 127.5 - trigger_steps.float()).abs().max())},
+    )

@@ -1,0 +1,143 @@
+"""Write an attack's result as a poisoned folder: ``train/``, ``test/``, ``targets/``, the trigger and ``poison.json``."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from pureebm_lightning import __version__
+from pureebm_lightning.poison_spec import POISON_SPEC
+from pureebm_lightning.poisoning.clean_data import Split, as_hwc
+from pureebm_lightning.purification.sources import PoisonedDataError
+
+TRIGGER_FILE = "trigger.npy"
+
+
+@dataclass
+class Target:
+    """A targeted attack's target: a test image the attacker wants classified as ``intended_class``."""
+
+    image: Tensor
+    id: int | None  # its index in the test split, when known (also its file name)
+    true_class: int | None
+    intended_class: int
+
+
+@dataclass
+class Poisoning:
+    """What an attack made: the victim's training set after it, which ids it poisoned, and how to test it.
+
+    ``train`` has the clean training set's rows and ids; ``trigger`` (float, (1, C, H, W), [-1, 1] space) and
+    ``trigger_spec`` (mode, magnification, ...) are for triggered attacks, ``targets`` for targeted ones.
+    ``record`` holds attack-specific facts for ``poison.json`` (parameters, objective before/after, ...).
+    """
+
+    attack: str
+    kind: str
+    train: Split
+    test: Split
+    poison_ids: list[int] | None
+    clean_label: bool
+    target_class: int | None = None
+    trigger: Tensor | None = None
+    trigger_spec: dict[str, Any] | None = None
+    targets: list[Target] = field(default_factory=list)
+    extra_folders: dict[str, Split] = field(default_factory=dict)  # e.g. BackdoorBench's triggered test images
+    record: dict[str, Any] = field(default_factory=dict)
+
+
+def measure(poisoned: Split, clean: Split) -> dict[str, Any]:
+    """Compare a poisoned training set with the clean one it came from, row by row (same ids).
+
+    Returns the ids whose pixels changed, whose labels changed, and the largest pixel change (l_inf, in 1/255).
+    """
+    if not torch.equal(poisoned.ids, clean.ids) or poisoned.images.shape != clean.images.shape:
+        raise PoisonedDataError("the poisoned and clean training sets do not have the same images in the same order")
+    diff = (poisoned.images.int() - clean.images.int()).abs().flatten(1).amax(1)
+    return {
+        "changed_pixels_ids": poisoned.ids[diff > 0].tolist(),
+        "relabelled_ids": poisoned.ids[poisoned.labels != clean.labels].tolist(),
+        "linf_255": int(diff.max()) if len(diff) else 0,
+    }
+
+
+def _compact_lists(text: str) -> str:
+    """JSON with lists of numbers on one line (poison indices would otherwise take a line each)."""
+    return re.sub(r"\[[-\d.e,\s]*\]", lambda m: "[" + ", ".join(m.group(0)[1:-1].split()).replace(",,", ",") + "]", text)
+
+
+def _write_split(folder: Path, split: Split, classes: list[str]) -> None:
+    for name in classes:
+        (folder / name).mkdir(parents=True, exist_ok=True)
+    for image, label, i in zip(split.images, split.labels.tolist(), split.ids.tolist()):
+        Image.fromarray(as_hwc(image)).save(folder / classes[label] / f"{i}.png")
+
+
+def write_poisoned_folder(out: str | Path, result: Poisoning, classes: list[str], clean_train: Split | None,
+                          facts: dict[str, Any], overwrite: bool = False) -> dict[str, Any]:
+    """Write ``result`` under ``out`` and return the ``poison.json`` written.
+
+    The folder is built beside ``out`` and renamed into place at the end, so an interrupted run leaves no
+    half-written poisoned set. ``clean_train`` (when known) is compared with the poisoned set: the measured
+    l_inf, changed and relabelled ids go into ``poison.json``. ``facts`` (data source, parameters, ...) too.
+    """
+    out = Path(out).expanduser()
+    if out.exists():
+        if not overwrite:
+            raise PoisonedDataError(f"{out} exists: pass --overwrite to replace it, or choose another --out")
+        if not (out / POISON_SPEC).is_file():
+            raise PoisonedDataError(f"{out} exists and is not a poisoned folder (no {POISON_SPEC}): not replacing it")
+    partial = out.with_name(out.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+
+    _write_split(partial / "train", result.train, classes)
+    _write_split(partial / "test", result.test, classes)
+    for name, split in result.extra_folders.items():
+        _write_split(partial / name, split, classes)
+    spec: dict[str, Any] = {"attack": result.attack, "kind": result.kind, "clean_label": result.clean_label}
+    if result.kind == "triggered":
+        spec["target_class"] = result.target_class
+        spec["target_class_name"] = classes[result.target_class]
+        spec["trigger"] = dict(result.trigger_spec or {})
+        if result.trigger is not None:
+            np.save(partial / TRIGGER_FILE, result.trigger.float().numpy().astype(np.float32))
+            spec["trigger"]["file"] = TRIGGER_FILE
+    elif result.kind == "targeted":
+        spec["targets"] = []
+        for k, t in enumerate(result.targets):
+            file = Path("targets") / classes[t.intended_class] / (f"{t.id}.png" if t.id is not None else f"target{k}.png")
+            (partial / file).parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(as_hwc(t.image)).save(partial / file)
+            spec["targets"].append({"file": str(file), "id": t.id, "true_class": t.true_class,
+                                    "intended_class": t.intended_class})
+    n_train = len(result.train)
+    spec.update({
+        "train_count": n_train,
+        "poison_count": None if result.poison_ids is None else len(result.poison_ids),
+        "budget_measured": None if result.poison_ids is None else len(result.poison_ids) / n_train,
+        "poison_indices": result.poison_ids,
+    })
+    if clean_train is not None:
+        measured = measure(result.train, clean_train)
+        if result.poison_ids is not None and not set(measured["changed_pixels_ids"]) <= set(result.poison_ids):
+            raise AssertionError("the attack changed images outside its poison set")  # a bug, not a user error
+        spec.update(measured)
+    spec.update({"classes": classes, **facts, **result.record, "version": __version__,
+                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+    (partial / POISON_SPEC).write_text(_compact_lists(json.dumps(spec, indent=1)) + "\n")
+    if out.exists():
+        shutil.rmtree(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial.rename(out)
+    return spec
