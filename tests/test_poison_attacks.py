@@ -187,3 +187,19 @@ def test_user_errors_are_one_line_and_nothing_is_overwritten_silently(tmp_path, 
         poison(tmp_path / "mine", "--attack", "badnets", "--overwrite")
     assert (tmp_path / "mine" / "thesis.tex").read_text() == "keep"
     assert not list(tmp_path.glob("*.partial"))
+
+
+def test_a_poisoned_folder_goes_through_purify_and_keeps_its_attack(tmp_path, grey_ebm):
+    poison(tmp_path / "p", "--attack", "badnets", "--budget", "0.05", "--holdout", "0.9")  # a small set: fast
+    main(["purify", "--data", str(tmp_path / "p"), "--ckpt_path", str(grey_ebm), "--steps", "2", "--num_workers", "0",
+          "--trainer.enable_progress_bar", "false"])
+    purified = tmp_path / "p_purified"
+    assert json.loads((purified / "poison.json").read_text()) == json.loads((tmp_path / "p" / "poison.json").read_text())
+    assert (purified / "trigger.npy").read_bytes() == (tmp_path / "p" / "trigger.npy").read_bytes()
+    assert sorted(p.name for p in (purified / "test").rglob("*.png")) == sorted(p.name for p in (tmp_path / "p" / "test").rglob("*.png"))
+    from pureebm_lightning.data.poisoned_set import PoisonedSetDataModule
+
+    dm = PoisonedSetDataModule(str(purified), batch_size=8)
+    dm.setup("fit")
+    assert dm.describe()["defense"] == "PureEBM T=2" and dm.describe()["attack"] == "badnets x1"
+    assert len(dm.poison_test_set) == sum(1 for p in (purified / "test").rglob("*.png") if p.parent.name != "0")

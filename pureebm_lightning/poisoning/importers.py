@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
@@ -124,8 +123,9 @@ def import_witches_brew(source: Path, clean_train: Split | None, clean_test: Spl
 def load_torch_file(path: Path, trust_pickle: bool) -> Any:
     """``torch.load`` with ``weights_only`` (tensors, NumPy arrays, plain containers); anything else only with
     ``trust_pickle``, since unpickling can run code."""
-    numpy_globals = [np.ndarray, np.dtype, np.core.multiarray._reconstruct] + [type(np.dtype(t)) for t in
-                                                                               ("b1", "u1", "i1", "i2", "i4", "i8", "f4", "f8")]
+    core = getattr(np, "_core", None) or np.core  # numpy 2 renamed it
+    numpy_globals = [np.ndarray, np.dtype, core.multiarray._reconstruct] + [type(np.dtype(t)) for t in
+                                                                          ("b1", "u1", "i1", "i2", "i4", "i8", "f4", "f8")]
     try:
         with torch.serialization.safe_globals(numpy_globals):
             return torch.load(path, map_location="cpu", weights_only=True)

@@ -77,8 +77,8 @@ def _compact_lists(text: str) -> str:
 
 
 def _write_split(folder: Path, split: Split, classes: list[str]) -> None:
-    for name in classes:
-        (folder / name).mkdir(parents=True, exist_ok=True)
+    for label in set(split.labels.tolist()):  # only classes with images: ImageFolder refuses empty class folders
+        (folder / classes[label]).mkdir(parents=True, exist_ok=True)
     for image, label, i in zip(split.images, split.labels.tolist(), split.ids.tolist()):
         Image.fromarray(as_hwc(image)).save(folder / classes[label] / f"{i}.png")
 
