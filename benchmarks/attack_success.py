@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import csv
+import hashlib
 import json
 import math
 import os
@@ -75,29 +76,41 @@ def test(model, trainer, folder: Path, spec: Path | None = None, magnification: 
     return results[0]["test/accuracy"], (results[1]["test/poison_success"] if len(results) > 1 else None)
 
 
-def poison(out: Path, *flags: str) -> dict:
+def intended_probability(model, folder: Path, target: dict) -> float:
+    """The model's softmax probability of the intended class on the target image: how far the attack got."""
+    import torch
+
+    from pureebm_lightning.purification.sources import read_image
+
+    image = read_image(folder / target["file"], "L").float()[None] / 127.5 - 1
+    with torch.no_grad():
+        return torch.softmax(model.eval()(image.to(model.device)), 1)[0, target["intended_class"]].item()
+
+
+def poison(data: Path, name: str, *flags: str) -> tuple[Path, dict]:
+    """`pureebm poison` into data/<name>-<hash of the flags>; a folder made with the same flags is reused."""
+    out = data / f"{name}-{hashlib.sha1(' '.join(flags).encode()).hexdigest()[:8]}"
     if not (out / "poison.json").is_file():
-        main(["poison", "--out", str(out), "--progress", "false", *flags])
-    return json.loads((out / "poison.json").read_text())
+        main(["poison", "--out", str(out), "--progress", "false", "--overwrite", *flags])
+    return out, json.loads((out / "poison.json").read_text())
 
 
 def run(args: argparse.Namespace) -> None:
     out = args.out.resolve()
     rows, t0 = [], time.time()
-    clean_folder = out / "data/clean"
-    poison(clean_folder, "--attack", "none")
+    clean_folder, _ = poison(out / "data", "clean", "--attack", "none")
     clean_model, clean_trainer = train_victim(clean_folder, out / "victims/clean", args.seed + 100)
     clean_acc, _ = test(clean_model, clean_trainer, clean_folder)
     rows.append({"attack": "none (clean data)", "budget": 0.0, "poisoned": 0, "epsilon_255": 0, "magnification": "",
                  "natural_accuracy": clean_acc, "poison_success": float("nan"), "floor": float("nan"), "targets": ""})
 
     triggered = [("badnets", b, []) for b in args.badnets] + [("blended", b, []) for b in args.blended] + \
-        [("narcissus", b, ["--epsilon", str(e)]) for b in args.narcissus for e in args.narcissus_epsilon]
+        [("narcissus", b, ["--epsilon", str(e), "--steps", str(args.narcissus_steps), "--lr", str(args.narcissus_lr)])
+         for b in args.narcissus for e in args.narcissus_epsilon]
     for attack, budget, extra in triggered:
         name = f"{attack}_b{budget:g}" + (f"_eps{extra[1]}" if extra else "")
-        folder = out / "data" / name
-        spec = poison(folder, "--attack", attack, "--budget", str(budget), "--target_class", str(args.target_class),
-                      "--seed", str(args.seed), *extra)
+        folder, spec = poison(out / "data", name, "--attack", attack, "--budget", str(budget), "--target_class",
+                              str(args.target_class), "--seed", str(args.seed), *extra)
         model, trainer = train_victim(folder, out / "victims" / name, args.seed + 100)
         for m in ([1.0, 3.0] if attack == "narcissus" else [1.0]):
             acc, success = test(model, trainer, folder, magnification=m)
@@ -109,19 +122,21 @@ def run(args: argparse.Namespace) -> None:
 
     for budget in args.gm_budget:
         hits = floor_hits = 0
-        accs = []
+        accs, probabilities = [], []
         for k in range(args.gm_targets):
             name = f"gradient_matching_b{budget:g}_eps{args.gm_epsilon}_t{k}"
-            folder = out / "data" / name
-            spec = poison(folder, "--attack", "gradient_matching", "--budget", str(budget), "--epsilon", str(args.gm_epsilon),
-                          "--seed", str(k), "--restarts", str(args.gm_restarts))
+            folder, spec = poison(out / "data", name, "--attack", "gradient_matching", "--budget", str(budget),
+                                  "--epsilon", str(args.gm_epsilon), "--seed", str(k), "--restarts", str(args.gm_restarts))
             model, trainer = train_victim(folder, out / "victims" / name, args.seed + 100)
             acc, success = test(model, trainer, folder)
             _, floor = test(clean_model, clean_trainer, clean_folder, spec=folder / "poison.json")
             hits, floor_hits, accs = hits + round(success), floor_hits + round(floor), accs + [acc]
             target = spec["targets"][0]
+            p_victim, p_clean = intended_probability(model, folder, target), intended_probability(clean_model, folder, target)
+            probabilities.append((p_clean, p_victim))
             print(f"GM target {k}: test id {target['id']} class {target['true_class']} -> {target['intended_class']}: "
-                  f"{'success' if success else 'failure'} (floor {floor:.0f}), objective "
+                  f"{'success' if success else 'failure'} (floor {floor:.0f}), p(intended) clean model {p_clean:.4f}, "
+                  f"victim {p_victim:.4f}, objective "
                   f"{spec['objective']['no_perturbation']:.3f} -> {spec['objective']['best_final']:.3f}, "
                   f"{time.time() - t0:.0f} s", flush=True)
         n = args.gm_targets
@@ -129,7 +144,8 @@ def run(args: argparse.Namespace) -> None:
         rows.append({"attack": "gradient_matching", "budget": budget, "poisoned": spec["poison_count"],
                      "epsilon_255": args.gm_epsilon, "magnification": "", "natural_accuracy": sum(accs) / n,
                      "poison_success": hits / n, "floor": floor_hits / n,
-                     "targets": f"{hits}/{n} [{100 * lo:.1f}, {100 * hi:.1f}] %; floor {floor_hits}/{n}"})
+                     "targets": f"{hits}/{n} [{100 * lo:.1f}, {100 * hi:.1f}] %; floor {floor_hits}/{n}; median p(intended) "
+                                f"clean {sorted(p for p, _ in probabilities)[n // 2]:.2g}, victim {sorted(v for _, v in probabilities)[n // 2]:.2g}"})
         print(rows[-1], flush=True)
 
     write(out, rows, time.time() - t0, args)
@@ -161,6 +177,8 @@ def parse() -> argparse.Namespace:
     p.add_argument("--blended", type=float, nargs="*", default=[0.01, 0.05, 0.1])
     p.add_argument("--narcissus", type=float, nargs="*", default=[0.01, 0.05])
     p.add_argument("--narcissus_epsilon", type=int, nargs="*", default=[8, 16])
+    p.add_argument("--narcissus_steps", type=int, default=500)
+    p.add_argument("--narcissus_lr", type=float, default=0.01)
     p.add_argument("--gm_budget", type=float, nargs="*", default=[0.01])
     p.add_argument("--gm_epsilon", type=int, default=16)
     p.add_argument("--gm_targets", type=int, default=10)

@@ -21,7 +21,7 @@ from pureebm_lightning.poisoning.surrogate import surrogate_net
 
 SMALL = ["--data", "digits", "--image_size", "8", "--progress", "false"]
 FAST_OPT = ["--surrogate_epochs", "2", "--steps", "40"]
-MANIFEST_KEYS = {"attack", "kind", "clean_label", "train_count", "poison_count", "budget_measured", "poison_indices",
+MANIFEST_KEYS = {"attack", "kind", "clean_label", "train_count", "poison_count", "poison_share", "poison_indices",
                  "changed_pixels_ids", "relabelled_ids", "linf_255", "classes", "data", "holdout", "holdout_ids", "seed",
                  "command", "version", "created"}
 
@@ -83,8 +83,8 @@ def test_narcissus_is_clean_label_inside_its_linf_ball_on_the_pixel_grid_and_low
     assert torch.equal(got.labels, clean.labels) and spec["relabelled_ids"] == [] and spec["clean_label"] is True
     diff = got.images.int() - clean.images.int()
     changed = diff.flatten(1).abs().amax(1) > 0
-    assert int(changed.sum()) <= spec["poison_count"] == round(0.05 * len(clean))
     poisoned = torch.isin(got.ids, torch.as_tensor(spec["poison_indices"]))
+    assert torch.equal(changed, poisoned) and int(changed.sum()) == spec["poison_count"] == round(0.05 * len(clean))
     assert (clean.labels[poisoned] == 2).all()  # only target-class images carry the trigger
     assert 0 < diff.abs().max() <= 8 and spec["linf_255"] == int(diff.abs().max())
     steps = torch.as_tensor(np.load(tmp_path / "p" / "trigger.npy")) * 127.5
@@ -94,6 +94,8 @@ def test_narcissus_is_clean_label_inside_its_linf_ball_on_the_pixel_grid_and_low
     assert torch.equal(got.images[poisoned].int(), unclipped)
     objective = spec["objective"]  # over all target-class images, without augmentation (the per-step loss is noisy)
     assert objective["trigger"] < objective["no_trigger"]
+    assert MANIFEST_KEYS | {"target_class", "trigger", "epsilon_255", "steps", "lr", "surrogate_epochs"} <= set(spec)
+    assert spec["trigger"] == {"mode": "additive", "magnification": 1.0, "file": "trigger.npy"}
 
 
 def test_narcissus_trigger_optimisation_lowers_the_target_loss_of_a_trained_net():
@@ -145,6 +147,8 @@ def test_gradient_matching_is_clean_label_targeted_and_lowers_its_objective(tmp_
     objective = spec["objective"]
     assert len(objective["restarts_final"]) == 2
     assert objective["best_final"] == min(objective["restarts_final"]) < objective["no_perturbation"]
+    assert objective["best_last_step"] < objective["best_first_step"]  # lowered over its steps, not only at the end
+    assert MANIFEST_KEYS | {"targets", "epsilon_255", "steps", "restarts", "step_size_255"} <= set(spec)
     assert PoisonSpec.find(tmp_path / "p").targets[0]["intended_class"] == target["intended_class"]
 
 
@@ -186,7 +190,46 @@ def test_user_errors_are_one_line_and_nothing_is_overwritten_silently(tmp_path, 
     with pytest.raises(SystemExit, match="not a poisoned folder"):
         poison(tmp_path / "mine", "--attack", "badnets", "--overwrite")
     assert (tmp_path / "mine" / "thesis.tex").read_text() == "keep"
-    assert not list(tmp_path.glob("*.partial"))
+    purified = tmp_path / "purified"  # a purify output carries a copy of poison.json: still not replaced
+    purified.mkdir()
+    (purified / "poison.json").write_text("{}")
+    (purified / "manifest.json").write_text("{}")
+    with pytest.raises(SystemExit, match="purify output"):
+        poison(purified, "--attack", "badnets", "--overwrite")
+
+
+def test_a_failed_write_leaves_the_old_folder_whole_and_nothing_half_written(tmp_path, monkeypatch):
+    from pureebm_lightning.poisoning import poisoned_folder
+
+    poison(tmp_path / "p", "--attack", "badnets")
+    before = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    write_split = poisoned_folder._write_split
+
+    def fail_on_test(folder, split, classes):
+        if folder.name == "test":
+            raise OSError("disk full")
+        write_split(folder, split, classes)
+
+    monkeypatch.setattr(poisoned_folder, "_write_split", fail_on_test)
+    with pytest.raises(OSError, match="disk full"):
+        poison(tmp_path / "p", "--attack", "blended", "--overwrite")
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == before  # no hidden partial folder either
+    assert json.loads((tmp_path / "p" / "poison.json").read_text())["attack"] == "badnets"
+
+
+def test_attacker_data_replaces_the_holdout_and_is_recorded(tmp_path, clean):
+    from PIL import Image
+
+    from pureebm_lightning.poisoning.clean_data import as_hwc
+
+    pool = load_clean_data("digits", holdout=0.2, image_size=8).pool
+    for image, label, i in zip(pool.images[:60], pool.labels[:60].tolist(), pool.ids[:60].tolist()):
+        (tmp_path / "mine" / str(label)).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(as_hwc(image)).save(tmp_path / "mine" / str(label) / f"{i}.png")
+    spec = poison(tmp_path / "p", "--attack", "narcissus", "--attacker_data", str(tmp_path / "mine"), *FAST_OPT)
+    assert spec["holdout"] == 0 and spec["holdout_ids"] == [] and spec["attacker_data"] == str(tmp_path / "mine")
+    assert spec["train_count"] == len(load_clean_data("digits", holdout=0.0, image_size=8).train)
+    assert spec["surrogate_trained_on"] == "the attacker's pool of 60 images"
 
 
 def test_a_poisoned_folder_goes_through_purify_and_keeps_its_attack(tmp_path, grey_ebm):

@@ -33,21 +33,29 @@ def write_split(folder: Path, split: Split, classes: list[str]) -> None:
 
 @pytest.fixture(scope="module")
 def clean_folder(tmp_path_factory) -> Path:
-    """A clean RGB 8x8 digits set as train/<class>/<n>.png and test/<class>/<n>.png (the local clean dataset)."""
+    """A clean RGB 8x8 digits set as train/<class>/<id>.png and test/<class>/<id>.png (the local clean dataset),
+    with ids that are not positions and do not sort as text (3, 10, 17, ...: "10.png" < "3.png")."""
     root = tmp_path_factory.mktemp("clean")
     x, y = digits_images(8, rgb=True)
     images = ((x + 1) * 127.5).round().to(torch.uint8)
     for split, rows in (("train", range(0, 90)), ("test", range(90, 120))):
         for i in rows:
-            save(root / split / str(int(y[i])) / f"{i}.png", images[i])
+            save(root / split / str(int(y[i])) / f"{7 * i + 3}.png", images[i])
     return root
 
 
 @pytest.fixture(scope="module")
 def reference(clean_folder) -> tuple[Split, Split, list[str]]:
-    """The clean set as the importers index it (ids = positions in ImageFolder order)."""
+    """The clean set as the importers index it: ids are the file names."""
     train, test, classes, _ = load_clean_splits(str(clean_folder))
+    assert train.ids.tolist() == [7 * i + 3 for i in range(90)]
     return train, test, classes
+
+
+def all_class_folders(folder: Path, classes: list[str]) -> None:
+    """Witches' Brew creates a folder for every class, most of them empty in targets/ (and limited train/)."""
+    for name in classes:
+        (folder / name).mkdir(parents=True, exist_ok=True)
 
 
 def perturbed(train: Split) -> Split:
@@ -71,6 +79,8 @@ def test_witches_brew_full_export_round_trips_with_poison_ids_from_the_clean_set
     write_split(src / "test", test.subset(torch.arange(1, len(test))), classes)
     intended = (int(test.labels[0]) + 1) % 10
     save(src / "targets" / classes[intended] / f"{int(test.ids[0])}.png", test.images[0])
+    for split in ("train", "test", "targets"):
+        all_class_folders(src / split, classes)
     main(["poison", "--import", "witches_brew", "--source", str(src), "--data", str(clean_folder), "--out", str(tmp_path / "out")])
     got, spec = imported(tmp_path / "out")
     assert torch.equal(got.images, poisoned.images) and torch.equal(got.labels, poisoned.labels) and torch.equal(got.ids, poisoned.ids)
@@ -90,10 +100,15 @@ def test_witches_brew_limited_export_takes_poison_ids_from_file_names(tmp_path, 
     src = tmp_path / "wb"
     write_split(src / "train", poisoned.subset(torch.as_tensor(POISONED_ROWS)), classes)
     save(src / "targets" / classes[3] / f"{int(test.ids[4])}.png", test.images[4])
+    for split in ("train", "targets"):
+        all_class_folders(src / split, classes)
     main(["poison", "--import", "witches_brew", "--source", str(src), "--data", str(clean_folder), "--out", str(tmp_path / "out")])
     got, spec = imported(tmp_path / "out")
     assert torch.equal(got.images, poisoned.images) and torch.equal(got.labels, train.labels)
     assert spec["poison_indices"] == train.ids[POISONED_ROWS].tolist()
+    assert [(t["id"], t["true_class"], t["intended_class"]) for t in spec["targets"]] == [(int(test.ids[4]), int(test.labels[4]), 3)]
+    test_ids = {int(p.stem) for p in (tmp_path / "out" / "test").rglob("*.png")}
+    assert test_ids == set(test.ids.tolist()) - {int(test.ids[4])}  # the target left the clean test split
 
 
 def test_witches_brew_numpy_pair_round_trips(tmp_path, clean_folder, reference):
@@ -101,7 +116,7 @@ def test_witches_brew_numpy_pair_round_trips(tmp_path, clean_folder, reference):
     poisoned = perturbed(train)
     src = tmp_path / "wb"
     src.mkdir()
-    order = torch.argsort(poisoned.ids)  # rows of the NumPy pair are dataset indices
+    order = torch.argsort(poisoned.ids)  # row r of the NumPy pair is the clean set's r-th image
     np.save(src / "poisoned_training_data.npy", poisoned.images[order].permute(0, 2, 3, 1).numpy().astype(np.float64))
     np.save(src / "poisoned_training_labels.npy", poisoned.labels[order].numpy().astype(np.float64))
     save(src / "targets" / classes[1] / f"{int(test.ids[2])}.png", test.images[2])
@@ -112,7 +127,7 @@ def test_witches_brew_numpy_pair_round_trips(tmp_path, clean_folder, reference):
     got, spec = imported(tmp_path / "out")
     assert torch.equal(got.images, poisoned.images[order]) and torch.equal(got.labels, poisoned.labels[order])
     assert spec["poison_indices"] == sorted(train.ids[POISONED_ROWS].tolist())
-    assert len(list((tmp_path / "out" / "test").rglob("*.png"))) == len(test)  # the clean set's test split
+    assert len(list((tmp_path / "out" / "test").rglob("*.png"))) == len(test) - 1  # the clean test split, less the target
 
 
 def write_backdoorbench(src: Path, train: Split, test: Split, indicator_payload) -> tuple[torch.Tensor, list[int]]:
@@ -195,7 +210,7 @@ def test_just_how_toxic_pickles_are_read_only_when_trusted(tmp_path, clean_folde
     src.mkdir()
     poisons = [(Image.fromarray(as_hwc(perturbed(train).images[r])), int(train.labels[r])) for r in POISONED_ROWS]
     for name, obj in (("poisons.pickle", poisons), ("target.pickle", (Image.fromarray(as_hwc(test.images[0])), int(test.labels[0]))),
-                      ("base_indices.pickle", train.ids[POISONED_ROWS].numpy())):
+                      ("base_indices.pickle", train.ids[POISONED_ROWS])):  # a tensor, as Witches' Brew's benchmark export writes
         with open(src / name, "wb") as f:
             pickle.dump(obj, f)
     flags = ["poison", "--import", "just_how_toxic", "--source", str(src), "--data", str(clean_folder), "--out", str(tmp_path / "out")]
@@ -205,4 +220,32 @@ def test_just_how_toxic_pickles_are_read_only_when_trusted(tmp_path, clean_folde
     got, spec = imported(tmp_path / "out")
     assert torch.equal(got.images, perturbed(train).images) and torch.equal(got.labels, train.labels)
     assert spec["poison_indices"] == train.ids[POISONED_ROWS].tolist()
-    assert spec["targets"][0]["true_class"] == int(test.labels[0])
+    (target,) = spec["targets"]
+    assert target["true_class"] == int(test.labels[0])
+    assert target["intended_class"] == int(train.labels[POISONED_ROWS[0]])  # the poisons' class
+    assert spec["clean_label"] is True
+
+
+@pytest.mark.parametrize("where", ["beside", "flag"])
+def test_backdoorbench_indicator_as_a_numpy_file(tmp_path, clean_folder, reference, where):
+    train, test, _ = reference
+    src = tmp_path / "bb"
+    write_backdoorbench(src, train, test, lambda flags: flags)
+    flags = torch.load(src / "attack_result.pt", weights_only=False)["bd_train"]["poison_indicator"]
+    (src / "attack_result.pt").unlink()
+    path = src / "poison_indicator.npy" if where == "beside" else tmp_path / "mine.npy"
+    np.save(path, flags)
+    extra = [] if where == "beside" else ["--poison_indicator", str(path)]
+    main(["poison", "--import", "backdoorbench", "--source", str(src), "--data", str(clean_folder), "--out", str(tmp_path / "out"), *extra])
+    assert imported(tmp_path / "out")[1]["poison_indices"] == train.ids[POISONED_ROWS].tolist()
+
+
+def test_narcissus_trigger_of_shape_chw_is_accepted_and_a_batch_of_triggers_refused(tmp_path, clean_folder):
+    trigger = np.full((3, 8, 8), 4 / 127.5, dtype=np.float32)
+    np.save(tmp_path / "t.npy", trigger)
+    flags = ["poison", "--import", "narcissus_trigger", "--data", str(clean_folder), "--budget", "0.05"]
+    spec = main([*flags, "--source", str(tmp_path / "t.npy"), "--out", str(tmp_path / "out")]) or imported(tmp_path / "out")[1]
+    assert spec["epsilon_255"] == 4 and spec["linf_255"] == 4
+    np.save(tmp_path / "t2.npy", np.stack([trigger, trigger]))
+    with pytest.raises(SystemExit, match="expected \\(1, C, H, W\\) or \\(C, H, W\\)"):
+        main([*flags, "--source", str(tmp_path / "t2.npy"), "--out", str(tmp_path / "out2")])

@@ -7,6 +7,7 @@ import torch
 from pureebm_lightning.poisoning.budget import choose_rows, poison_count
 from pureebm_lightning.poisoning.clean_data import CleanData, Split, signed
 from pureebm_lightning.poisoning.poisoned_folder import Poisoning
+from pureebm_lightning.purification.sources import PoisonedDataError
 
 
 def checkerboard(channels: int, size: int) -> torch.Tensor:
@@ -20,7 +21,7 @@ def badnets(clean: CleanData, target_class: int, budget: float = 0.1, patch_size
     of other classes and relabel them ``target_class`` (dirty label)."""
     train, (channels, height, width) = clean.train, clean.shape
     if not 1 <= patch_size < min(height, width) - 1:
-        raise ValueError(f"--patch_size must be between 1 and {min(height, width) - 2} for {height}x{width} images")
+        raise PoisonedDataError(f"--patch_size must be between 1 and {min(height, width) - 2} for {height}x{width} images")
     rows = choose_rows(train.labels, poison_count(budget, len(train)), torch.Generator().manual_seed(seed),
                        not_class=target_class)
     patch, (r, c) = checkerboard(channels, patch_size), (height - patch_size - 1, width - patch_size - 1)

@@ -7,6 +7,7 @@ import torch
 from pureebm_lightning.poisoning.budget import choose_rows, poison_count
 from pureebm_lightning.poisoning.clean_data import CleanData, Split, signed
 from pureebm_lightning.poisoning.poisoned_folder import Poisoning
+from pureebm_lightning.purification.sources import PoisonedDataError
 
 
 def blended(clean: CleanData, target_class: int, budget: float = 0.1, alpha: float = 0.2, seed: int = 0) -> Poisoning:
@@ -14,7 +15,7 @@ def blended(clean: CleanData, target_class: int, budget: float = 0.1, alpha: flo
     ``budget`` x N training images of other classes, ``(1 - alpha) x + alpha pattern`` stored as 8 bits,
     and relabel them ``target_class`` (dirty label)."""
     if not 0 < alpha < 1:
-        raise ValueError(f"--alpha must be in (0, 1), got {alpha}")
+        raise PoisonedDataError(f"--alpha must be in (0, 1), got {alpha}")
     train, generator = clean.train, torch.Generator().manual_seed(seed)
     pattern = torch.randint(0, 256, clean.shape, generator=generator, dtype=torch.uint8)
     rows = choose_rows(train.labels, poison_count(budget, len(train)), generator, not_class=target_class)

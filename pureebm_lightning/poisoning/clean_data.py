@@ -77,9 +77,15 @@ def _cifar10(root: Path) -> tuple[Split, Split, list[str]]:
 
 
 def _folder_split(folder: Path) -> tuple[Split, list[str]]:
+    """A ``<class>/<image>`` folder; ids are the file names when they are distinct integers (``1234.png``, as
+    this tool and Witches' Brew write), else positions in ImageFolder order."""
     source = open_source(folder)
     images = torch.stack([source.load(i) for i in range(len(source))])
-    return Split(images, torch.as_tensor(source.labels), torch.arange(len(source))), source.classes
+    stems = [Path(key).stem for key in source.keys]
+    named = all(stem.isdigit() for stem in stems) and len(set(stems)) == len(stems)
+    ids = torch.as_tensor([int(stem) for stem in stems]) if named else torch.arange(len(source))
+    split = Split(images, torch.as_tensor(source.labels), ids)
+    return split.subset(torch.argsort(split.ids)), source.classes
 
 
 def _image_folder(root: Path) -> tuple[Split, Split, list[str]]:

@@ -16,12 +16,12 @@ from pureebm_lightning.poisoning.clean_data import CleanData, load_clean_data
 from pureebm_lightning.poisoning.gradient_matching import gradient_matching
 from pureebm_lightning.poisoning.importers import import_backdoorbench, import_just_how_toxic, import_witches_brew
 from pureebm_lightning.poisoning.narcissus import apply_narcissus_trigger, narcissus
-from pureebm_lightning.poisoning.poisoned_folder import Poisoning, write_poisoned_folder
+from pureebm_lightning.poisoning.poisoned_folder import Poisoning, check_out, write_poisoned_folder
 from pureebm_lightning.purification.sources import PoisonedDataError
 
 ATTACKS = ("none", "badnets", "blended", "narcissus", "gradient_matching")
 IMPORTS = ("witches_brew", "backdoorbench", "narcissus_trigger", "just_how_toxic")
-#: the published budgets (share of the training set) and l_inf bounds (1/255) each attack starts from
+#: the published budgets (share of the training set) and optimisation steps each attack starts from
 DEFAULT_BUDGET = {"none": 0.0, "badnets": 0.1, "blended": 0.1, "narcissus": 0.01, "gradient_matching": 0.01, "narcissus_trigger": 0.01}
 DEFAULT_STEPS = {"narcissus": 500, "gradient_matching": 240}
 
@@ -54,7 +54,8 @@ def build_parser() -> ArgumentParser:
     group.add_argument("--split_seed", type=int, default=0, help="seed of the holdout draw")
     group.add_argument("--image_size", type=int, default=16, help="digits only: side of the resized images")
     group = parser.add_argument_group("Attack")
-    group.add_argument("--target_class", type=int, default=0, help="triggered attacks: the class the trigger leads to")
+    group.add_argument("--target_class", type=int | None, default=None,
+                       help="triggered attacks: the class the trigger leads to (default 0; BackdoorBench: read from its triggered test images)")
     group.add_argument("--budget", type=float | None, default=None,
                        help="share of the training set poisoned (default: BadNets/Blended 0.1, Narcissus/Gradient Matching 0.01)")
     group.add_argument("--epsilon", type=int, default=8, help="Narcissus, Gradient Matching: l_inf bound in 1/255 (paper: 8, also 16)")
@@ -75,7 +76,7 @@ def build_parser() -> ArgumentParser:
     group.add_argument("--surrogate_epochs", type=int, default=30, help="epochs of the attacker's surrogate classifier")
     group.add_argument("--surrogate_arch", type=Literal["auto", "small_cnn", "resnet18", "resnet34", "mobilenet_v2", "densenet121"],
                        default="auto", help="auto: SmallCNN up to 16x16 images, ResNet-18 above")
-    group.add_argument("--hflip", action=ActionYesNo, default=False, help="augment with horizontal flips (on for CIFAR, off for digits)")
+    group.add_argument("--hflip", action=ActionYesNo, default=False, help="augment with horizontal flips as the victim does (pass it for CIFAR; digits are not mirror-symmetric)")
     group.add_argument("--accelerator", type=str, default="auto", help="device of the surrogate and the optimisation (cpu, gpu, auto)")
     group.add_argument("--progress", type=bool, default=True, help="progress bars (--progress false for logs)")
     group = parser.add_argument_group("Import")
@@ -88,6 +89,7 @@ def build_parser() -> ArgumentParser:
 
 
 def _attack(cfg: Any, clean: CleanData) -> Poisoning:
+    target_class = 0 if cfg.target_class is None else cfg.target_class
     budget = cfg.budget if cfg.budget is not None else DEFAULT_BUDGET[cfg.attack]
     steps = cfg.steps if cfg.steps is not None else DEFAULT_STEPS.get(cfg.attack)
     common = {"seed": cfg.seed}
@@ -96,11 +98,11 @@ def _attack(cfg: Any, clean: CleanData) -> Poisoning:
     if cfg.attack == "none":  # the same split, unpoisoned: the clean reference and the floor's training set
         return Poisoning("none", "clean", clean.train, clean.test, poison_ids=[], clean_label=True)
     if cfg.attack == "badnets":
-        return badnets(clean, cfg.target_class, budget, cfg.patch_size, **common)
+        return badnets(clean, target_class, budget, cfg.patch_size, **common)
     if cfg.attack == "blended":
-        return blended(clean, cfg.target_class, budget, cfg.alpha, **common)
+        return blended(clean, target_class, budget, cfg.alpha, **common)
     if cfg.attack == "narcissus":
-        return narcissus(clean, cfg.target_class, budget, lr=cfg.lr, warmup_epochs=cfg.warmup_epochs, warmup_lr=cfg.warmup_lr,
+        return narcissus(clean, target_class, budget, lr=cfg.lr, warmup_epochs=cfg.warmup_epochs, warmup_lr=cfg.warmup_lr,
                          magnification=cfg.magnification, **optimised)
     return gradient_matching(clean, budget, restarts=cfg.restarts, step_size=cfg.step_size, target_id=cfg.target_id,
                              intended_class=cfg.intended_class, **optimised)
@@ -119,10 +121,12 @@ def _import(cfg: Any, fmt: str, clean: CleanData | None) -> tuple[Poisoning, lis
     if fmt == "narcissus_trigger":
         trigger = torch.as_tensor(np.load(source, allow_pickle=False))
         budget = cfg.budget if cfg.budget is not None else DEFAULT_BUDGET[fmt]
-        return apply_narcissus_trigger(clean, trigger, cfg.target_class, budget, cfg.magnification, cfg.seed), clean.classes, clean.train
+        target_class = 0 if cfg.target_class is None else cfg.target_class
+        return apply_narcissus_trigger(clean, trigger, target_class, budget, cfg.magnification, cfg.seed), clean.classes, clean.train
     if fmt == "backdoorbench":
         indicator = Path(cfg.poison_indicator) if cfg.poison_indicator else None
-        return import_backdoorbench(source, clean.train, clean.test, clean.classes, mode, indicator, cfg.trust_pickle), clean.classes, clean.train
+        return (import_backdoorbench(source, clean.train, clean.test, clean.classes, mode, indicator, cfg.trust_pickle,
+                                     cfg.target_class), clean.classes, clean.train)
     return import_just_how_toxic(source, clean.train, clean.test, mode, cfg.trust_pickle), clean.classes, clean.train
 
 
@@ -134,19 +138,23 @@ def poison(argv: list[str]) -> dict[str, Any]:
         raise PoisonedDataError("give either --attack NAME (make a poisoned set) or --import FORMAT --source PATH (read one)")
     if fmt is not None and cfg.source is None:
         raise PoisonedDataError(f"--import {fmt} needs --source (the export to read)")
-    holdout = cfg.holdout if cfg.holdout is not None else (0.2 if cfg.attack else 0.0)
+    holdout = cfg.holdout if cfg.holdout is not None else (0.2 if cfg.attack and not cfg.attacker_data else 0.0)
+    if cfg.attacker_data and holdout:
+        raise PoisonedDataError("give --attacker_data or --holdout, not both")
+    check_out(cfg.out, cfg.overwrite)  # before any work
     data = cfg.data or ("digits" if cfg.attack else None)
     clean = None
     if data is not None:
         clean = load_clean_data(data, holdout, cfg.split_seed, cfg.image_size, cfg.attacker_data)
-        if cfg.target_class not in range(len(clean.classes)):
+        if cfg.target_class is not None and cfg.target_class not in range(len(clean.classes)):
             raise PoisonedDataError(f"--target_class {cfg.target_class} is not one of the {len(clean.classes)} classes")
     if cfg.attack:
         result, classes, clean_train = _attack(cfg, clean), clean.classes, clean.train
     else:
         result, classes, clean_train = _import(cfg, fmt, clean)
     facts = {"data": clean.source if clean else None, "holdout": holdout, "split_seed": cfg.split_seed, "seed": cfg.seed,
-             "holdout_ids": clean.pool.ids.tolist() if clean else [],
+             "holdout_ids": clean.pool.ids.tolist() if clean and not cfg.attacker_data else [],
+             "attacker_data": cfg.attacker_data,
              "command": {k: v for k, v in cfg.as_dict().items() if k != "config"}}
     spec = write_poisoned_folder(cfg.out, result, classes, clean_train, facts, cfg.overwrite)
     rank_zero_info(summary(spec, cfg.out))
@@ -157,7 +165,7 @@ def summary(spec: dict[str, Any], out: str) -> str:
     """One paragraph on what was written."""
     lines = [f"Wrote {out}: {spec['attack']} ({spec['kind']}, {'clean' if spec['clean_label'] else 'dirty'} label)"]
     if spec.get("poison_count") is not None:
-        lines.append(f"{spec['poison_count']} of {spec['train_count']} training images poisoned ({100 * spec['budget_measured']:.2f} %)")
+        lines.append(f"{spec['poison_count']} of {spec['train_count']} training images poisoned ({100 * spec['poison_share']:.2f} %)")
     if "linf_255" in spec:
         lines.append(f"largest pixel change {spec['linf_255']}/255, {len(spec['relabelled_ids'])} relabelled")
     if spec["kind"] == "triggered":

@@ -8,7 +8,9 @@ gradient of the poisons points where the gradient that would teach the target th
 
 on a surrogate trained on the clean training set. As published: signed-gradient Adam, step size dropped
 x0.1 at 3/8, 5/8 and 7/8 of the steps, projection onto the l_inf ball and the image box after every step,
-differentiable augmentation, several random restarts of which the lowest final objective is kept.
+differentiable augmentation (a random shift per image, and flips with ``hflip``), several random restarts
+of which the lowest final objective is kept. All poisons form one batch (Witches' Brew's default batch is
+512, which holds CIFAR-10's 1 % budget of 500).
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from pureebm_lightning.poisoning.budget import choose_rows, poison_count
 from pureebm_lightning.poisoning.clean_data import CleanData, Split, signed
 from pureebm_lightning.poisoning.narcissus import quantise
 from pureebm_lightning.poisoning.poisoned_folder import Poisoning, Target
-from pureebm_lightning.poisoning.surrogate import random_shift, train_surrogate
+from pureebm_lightning.poisoning.surrogate import crop_padding, random_shift, train_surrogate
 from pureebm_lightning.purification.sources import PoisonedDataError
 
 
@@ -30,6 +32,8 @@ def pick_target(clean: CleanData, generator: torch.Generator, target_id: int | N
                 intended_class: int | None) -> tuple[int, int]:
     """(row of the target in the test split, intended class): given, or drawn (a test image of another class)."""
     test = clean.test
+    if intended_class is not None and intended_class not in range(len(clean.classes)):
+        raise PoisonedDataError(f"--intended_class {intended_class} is not one of the {len(clean.classes)} classes")
     if target_id is not None:
         rows = (test.ids == target_id).nonzero().flatten()
         if len(rows) == 0:
@@ -58,6 +62,7 @@ class GradientMatching:
             self.target_grad = [g.detach() for g in torch.autograd.grad(loss, self.params)]
         self.target_norm = torch.sqrt(sum(g.pow(2).sum() for g in self.target_grad))
 
+    @torch.enable_grad()
     def __call__(self, poisons: Tensor, labels: Tensor, create_graph: bool = True) -> Tensor:
         loss = F.cross_entropy(self.model(poisons), labels)
         grads = torch.autograd.grad(loss, self.params, create_graph=create_graph)
@@ -68,13 +73,17 @@ class GradientMatching:
 
 @torch.enable_grad()
 def craft(objective: GradientMatching, x: Tensor, y: Tensor, epsilon: int, steps: int = 240, restarts: int = 8,
-          step_size: float = 6.0, max_shift: int = 2, hflip: bool = False, seed: int = 0,
+          step_size: float = 6.0, max_shift: int | None = None, hflip: bool = False, seed: int = 0,
           progress: bool = True) -> tuple[Tensor, list[list[float]], list[float]]:
     """Perturbations (int16 1/255 steps, like ``x``'s shape) of poisons ``x`` ([-1, 1]) with labels ``y``.
 
     Returns the best restart's steps, every restart's objective per step, and each restart's final objective
-    (without augmentation, after rounding to the pixel grid). ``step_size`` is Adam's first step in 1/255.
+    (without augmentation, after rounding to the pixel grid). ``step_size`` is Adam's first step in 1/255;
+    ``max_shift`` of the differentiable shifts defaults to the training recipe's crop padding.
     """
+    if steps < 1 or restarts < 1:
+        raise PoisonedDataError(f"--steps and --restarts must be at least 1, got {steps} and {restarts}")
+    max_shift = crop_padding(x.shape) if max_shift is None else max_shift
     device = objective.params[0].device
     x, y, bound = x.to(device), y.to(device), 2 * epsilon / 255
     generator = torch.Generator().manual_seed(seed)

@@ -28,10 +28,13 @@ from pureebm_lightning.purification.sources import NUMPY_DATA, NUMPY_LABELS, Poi
 
 def read_indexed_folder(folder: Path, mode: str) -> tuple[Split, list[str]]:
     """``folder/<class>/<index>.<ext>`` as a Split sorted by index (the file names), and the class names."""
-    try:
-        found = ImageFolder(str(folder), loader=lambda p: p, is_valid_file=lambda p: p.lower().endswith(IMG_EXTENSIONS))
+    try:  # exports keep a folder for every class, most of them empty (Witches' Brew's targets/)
+        found = ImageFolder(str(folder), loader=lambda p: p, is_valid_file=lambda p: p.lower().endswith(IMG_EXTENSIONS),
+                            allow_empty=True)
     except FileNotFoundError as err:
         raise PoisonedDataError(f"{folder}: no <class>/<index>.png images ({err})") from err
+    if not found.samples:
+        raise PoisonedDataError(f"{folder}: no <class>/<index>.png images")
     ids = []
     for path, _ in found.samples:
         stem = Path(path).stem
@@ -80,8 +83,11 @@ def import_witches_brew(source: Path, clean_train: Split | None, clean_test: Spl
             raise PoisonedDataError(f"{source / NUMPY_DATA}: expected 0..255 pixel values")
         labels = torch.as_tensor(np.load(source / NUMPY_LABELS, allow_pickle=False).astype(np.int64))
         images = torch.stack([from_hwc(a) for a in data.astype(np.uint8)])
-        train = Split(images, labels, torch.arange(len(labels)))
-        reference = clean_train.subset(_rows_of(clean_train, train.ids, str(source / NUMPY_DATA)))
+        if len(images) != len(clean_train) or images.shape[1:] != clean_train.images.shape[1:]:
+            raise PoisonedDataError(f"{source / NUMPY_DATA}: {len(images)} images of shape {tuple(images.shape[1:])}, the clean "
+                                    f"training set has {len(clean_train)} of {tuple(clean_train.images.shape[1:])}")
+        train = Split(images, labels, clean_train.ids)  # row r is the clean set's r-th image (CIFAR-10: index r)
+        reference = clean_train
         test, target_dir = clean_test, targets or source / "targets"
         if not target_dir.is_dir():
             raise PoisonedDataError("the NumPy pair has no target images: pass --targets <export>/targets "
@@ -112,20 +118,24 @@ def import_witches_brew(source: Path, clean_train: Split | None, clean_test: Spl
     target_split, target_found = read_indexed_folder(target_dir, mode)
     _check_classes(target_found, classes, target_dir)
     target_split = _relabel(target_split, target_found, classes)
+    if test is clean_test and test is not None:  # the clean test split: the targets leave it, as Witches' Brew does
+        test = test.subset((~torch.isin(test.ids, target_split.ids)).nonzero().flatten())
     truth = {} if clean_test is None else dict(zip(clean_test.ids.tolist(), clean_test.labels.tolist()))
     target_list = [Target(img, int(i), truth.get(int(i)), int(c)) for img, c, i in
                    zip(target_split.images, target_split.labels, target_split.ids)]
+    clean_label = reference is None or bool((train.labels == reference.labels).all())
     poisoning = Poisoning(attack="witches_brew", kind="targeted", train=train, test=test, poison_ids=poison_ids,
-                          clean_label=True, targets=target_list, record={"imported_from": str(source)})
+                          clean_label=clean_label, targets=target_list, record={"imported_from": str(source)})
     return poisoning, classes, reference
 
 
 def load_torch_file(path: Path, trust_pickle: bool) -> Any:
     """``torch.load`` with ``weights_only`` (tensors, NumPy arrays, plain containers); anything else only with
     ``trust_pickle``, since unpickling can run code."""
-    core = getattr(np, "_core", None) or np.core  # numpy 2 renamed it
-    numpy_globals = [np.ndarray, np.dtype, core.multiarray._reconstruct] + [type(np.dtype(t)) for t in
-                                                                          ("b1", "u1", "i1", "i2", "i4", "i8", "f4", "f8")]
+    core = getattr(np, "_core", None) or np.core  # NumPy 2 renamed numpy.core; files from NumPy 1 name the old one
+    numpy_globals = [np.ndarray, np.dtype] + [type(np.dtype(t)) for t in ("b1", "u1", "i1", "i2", "i4", "i8", "f4", "f8")]
+    for module in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        numpy_globals += [(core.multiarray._reconstruct, f"{module}._reconstruct"), (core.multiarray.scalar, f"{module}.scalar")]
     try:
         with torch.serialization.safe_globals(numpy_globals):
             return torch.load(path, map_location="cpu", weights_only=True)
@@ -162,29 +172,29 @@ def import_backdoorbench(source: Path, clean_train: Split, clean_test: Split, cl
     if len(flags) != len(clean_train) or not set(np.unique(flags)) <= {0, 1}:
         raise PoisonedDataError(f"the poison indicator has {len(flags)} entries of {sorted(set(np.unique(flags)))}, "
                                 f"expected 0/1 for each of the {len(clean_train)} clean training images")
-    poisoned, found = read_indexed_folder(source / "bd_train_dataset", mode)
-    numeric = [int(name) for name in found]  # BackdoorBench names label folders by number
-    poisoned = Split(poisoned.images, torch.as_tensor(numeric)[poisoned.labels], poisoned.ids)
+    if not (source / "bd_test_dataset").is_dir():
+        raise PoisonedDataError(f"{source}: no bd_test_dataset/ (the triggered test images), so poison success cannot be measured")
+    poisoned = _numbered_labels(*read_indexed_folder(source / "bd_train_dataset", mode), len(classes), source / "bd_train_dataset")
     ids = clean_train.ids[torch.as_tensor(flags == 1)]
     rows = _rows_of(poisoned, ids, str(source / "bd_train_dataset"))
     images, labels = clean_train.images.clone(), clean_train.labels.clone()
     where = _rows_of(clean_train, ids, "poison indicator")
     images[where], labels[where] = poisoned.images[rows], poisoned.labels[rows]
-    extra, spec = {}, None
-    if (source / "bd_test_dataset").is_dir():
-        triggered, test_found = read_indexed_folder(source / "bd_test_dataset", mode)
-        triggered = Split(triggered.images, torch.as_tensor([int(n) for n in test_found])[triggered.labels], triggered.ids)
-        extra["poison_test"] = triggered
-        spec = {"mode": "images", "folder": "poison_test", "magnification": 1.0}
-        target_class = Counter(triggered.labels.tolist()).most_common(1)[0][0] if target_class is None else target_class
-    elif target_class is None:
-        target_class = Counter(labels[where].tolist()).most_common(1)[0][0]
-    if spec is None:
-        raise PoisonedDataError(f"{source}: no bd_test_dataset/ (the triggered test images), so poison success cannot be measured")
+    triggered = _numbered_labels(*read_indexed_folder(source / "bd_test_dataset", mode), len(classes), source / "bd_test_dataset")
+    if target_class is None:
+        target_class = Counter(triggered.labels.tolist()).most_common(1)[0][0]
+    extra, spec = {"poison_test": triggered}, {"mode": "images", "folder": "poison_test", "magnification": 1.0}
     return Poisoning(attack="backdoorbench", kind="triggered", train=Split(images, labels, clean_train.ids),
                      test=clean_test, poison_ids=ids.tolist(), clean_label=bool((labels == clean_train.labels).all()),
                      target_class=target_class, trigger_spec=spec, extra_folders=extra,
                      record={"imported_from": str(source)})
+
+
+def _numbered_labels(split: Split, found: list[str], num_classes: int, folder: Path) -> Split:
+    """BackdoorBench names label folders by number: labels are those numbers."""
+    if not all(name.isdigit() and int(name) < num_classes for name in found):
+        raise PoisonedDataError(f"{folder}: label folders must be numbers below {num_classes}, found {found}")
+    return Split(split.images, torch.as_tensor([int(name) for name in found])[split.labels], split.ids)
 
 
 def _unpickle(path: Path) -> Any:
@@ -210,5 +220,6 @@ def import_just_how_toxic(source: Path, clean_train: Split, clean_test: Split, m
     intended = Counter(int(label) for _, label in poisons).most_common(1)[0][0]
     target = Target(from_hwc(np.array(target_image.convert(mode))), None, int(target_label), intended)
     return Poisoning(attack="just_how_toxic", kind="targeted", train=Split(images, labels, clean_train.ids),
-                     test=clean_test, poison_ids=base.tolist(), clean_label=True, targets=[target],
+                     test=clean_test, poison_ids=base.tolist(), clean_label=bool((labels == clean_train.labels).all()),
+                     targets=[target],
                      record={"imported_from": str(source)})

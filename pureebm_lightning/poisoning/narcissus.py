@@ -2,9 +2,11 @@
 
 The trigger delta (one image, ``|delta| <= epsilon``) minimises a surrogate's cross-entropy towards the
 target class over augmented target-class images: ``min_delta sum_x CE(f(clamp(aug(x) + delta)), target)``,
-optimised with RAdam and projected onto the l_inf ball after every step, as in the published code. It is
-then added to a few training images *of the target class* (labels unchanged); at test time it is added
-(times a magnification) to images of other classes.
+optimised with RAdam (lr 0.01 as published) and kept in the l_inf ball (projected after every step; the
+published code clamps a copy in the forward pass and at the end). It is then added to a few training
+images *of the target class* (labels unchanged); at test time it is added (times a magnification) to
+images of other classes. The published loop runs 1,000 passes over all target-class images; here
+``steps`` counts batches of 64 (500 by default; the digits measurements use 2,000).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from tqdm.auto import tqdm
 from pureebm_lightning.poisoning.budget import choose_rows, poison_count
 from pureebm_lightning.poisoning.clean_data import CleanData, Split, signed
 from pureebm_lightning.poisoning.poisoned_folder import Poisoning
-from pureebm_lightning.poisoning.surrogate import fit, random_shift, train_surrogate
+from pureebm_lightning.poisoning.surrogate import crop_padding, fit, random_shift, train_surrogate
 from pureebm_lightning.purification.sources import PoisonedDataError
 
 
@@ -32,10 +34,14 @@ def quantise(trigger: Tensor, epsilon: int | None = None) -> Tensor:
 
 @torch.enable_grad()
 def optimise_trigger(model: torch.nn.Module, images: Tensor, target_class: int, epsilon: int, steps: int = 500,
-                     lr: float = 0.01, batch_size: int = 64, max_shift: int = 2, hflip: bool = False,
+                     lr: float = 0.01, batch_size: int = 64, max_shift: int | None = None, hflip: bool = False,
                      seed: int = 0, progress: bool = True) -> tuple[Tensor, list[float]]:
     """The Narcissus trigger (float, (1, C, H, W), [-1, 1] space) for ``model`` from target-class ``images``
-    ([-1, 1]), and the loss of every step."""
+    ([-1, 1]), and the loss of every step. Each step takes a random batch, shifted like the victim's crops
+    (``max_shift``, default the recipe's crop padding)."""
+    if steps < 1:
+        raise PoisonedDataError(f"--steps must be at least 1, got {steps}")
+    max_shift = crop_padding(images.shape) if max_shift is None else max_shift
     device = next(model.parameters()).device
     images, bound = images.to(device), 2 * epsilon / 255
     generator = torch.Generator().manual_seed(seed)
@@ -58,11 +64,13 @@ def optimise_trigger(model: torch.nn.Module, images: Tensor, target_class: int, 
 
 
 @torch.no_grad()
-def target_loss(model: torch.nn.Module, images: Tensor, target_class: int, trigger: Tensor) -> float:
+def target_loss(model: torch.nn.Module, images: Tensor, target_class: int, trigger: Tensor, batch_size: int = 256) -> float:
     """Mean cross-entropy towards ``target_class`` of ``images`` + ``trigger`` (no augmentation): the objective."""
-    device = next(model.parameters()).device
-    logits = model((images.to(device) + trigger.to(device)).clamp(-1, 1))
-    return F.cross_entropy(logits, torch.full((len(images),), target_class, device=device)).item()
+    device, total = next(model.parameters()).device, 0.0
+    for chunk in images.split(batch_size):
+        logits = model((chunk.to(device) + trigger.to(device)).clamp(-1, 1))
+        total += F.cross_entropy(logits, torch.full((len(chunk),), target_class, device=device), reduction="sum").item()
+    return total / len(images)
 
 
 def add_trigger(clean: CleanData, target_class: int, budget: float, trigger_steps: Tensor, seed: int) -> tuple[Split, list[int]]:
@@ -124,6 +132,9 @@ def apply_narcissus_trigger(clean: CleanData, trigger: Tensor, target_class: int
         raise PoisonedDataError(f"the trigger has shape {tuple(trigger.shape[-3:])}, the images are {clean.shape}")
     if not torch.isfinite(trigger).all() or trigger.abs().max() > 1:
         raise PoisonedDataError("the trigger must be finite and in [-1, 1] (the image space of Narcissus' arrays)")
+    if trigger.numel() != torch.Size(clean.shape).numel():
+        raise PoisonedDataError(f"the trigger has {trigger.numel()} values, one image of shape {clean.shape} has "
+                                f"{torch.Size(clean.shape).numel()}: expected (1, C, H, W) or (C, H, W)")
     trigger_steps = quantise(trigger)
     train, poison_ids = add_trigger(clean, target_class, budget, trigger_steps, seed)
     epsilon = int(trigger_steps.abs().max())

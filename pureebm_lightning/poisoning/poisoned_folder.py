@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import tempfile
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -83,24 +84,47 @@ def _write_split(folder: Path, split: Split, classes: list[str]) -> None:
         Image.fromarray(as_hwc(image)).save(folder / classes[label] / f"{i}.png")
 
 
+def check_out(out: str | Path, overwrite: bool) -> Path:
+    """``out`` as an absolute path, if it may be written: new, or (with ``overwrite``) a poisoned folder this tool
+    wrote. Checked before an attack runs, so a refusal does not throw its work away."""
+    out = Path(out).expanduser().resolve()
+    if out.exists():
+        if not overwrite:
+            raise PoisonedDataError(f"{out} exists: pass --overwrite to replace it, or choose another --out")
+        if not (out / POISON_SPEC).is_file() or (out / "manifest.json").exists():
+            raise PoisonedDataError(f"{out} exists and is not a poisoned folder written by `pureebm poison` (no {POISON_SPEC}, "
+                                    "or a purify output): not replacing it")
+    return out
+
+
 def write_poisoned_folder(out: str | Path, result: Poisoning, classes: list[str], clean_train: Split | None,
                           facts: dict[str, Any], overwrite: bool = False) -> dict[str, Any]:
     """Write ``result`` under ``out`` and return the ``poison.json`` written.
 
-    The folder is built beside ``out`` and renamed into place at the end, so an interrupted run leaves no
-    half-written poisoned set. ``clean_train`` (when known) is compared with the poisoned set: the measured
-    l_inf, changed and relabelled ids go into ``poison.json``. ``facts`` (data source, parameters, ...) too.
+    The folder is built in a hidden folder beside ``out`` and renamed into place at the end (a replaced
+    folder is moved aside first and deleted last), so an interrupted or failed run leaves the old folder or
+    the new one, never a half-written one. ``clean_train`` (when known) is compared with the poisoned set:
+    the measured l_inf, changed and relabelled ids go into ``poison.json``; ``facts`` (data source,
+    parameters, ...) too.
     """
-    out = Path(out).expanduser()
-    if out.exists():
-        if not overwrite:
-            raise PoisonedDataError(f"{out} exists: pass --overwrite to replace it, or choose another --out")
-        if not (out / POISON_SPEC).is_file():
-            raise PoisonedDataError(f"{out} exists and is not a poisoned folder (no {POISON_SPEC}): not replacing it")
-    partial = out.with_name(out.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
+    out = check_out(out, overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
+    try:
+        spec = _write(partial, result, classes, clean_train, facts)
+        old = out.with_name(f".{out.name}.replaced-{partial.name[-8:]}") if out.exists() else None
+        if old is not None:
+            out.rename(old)
+        partial.rename(out)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old)
+    return spec
 
+
+def _write(partial: Path, result: Poisoning, classes: list[str], clean_train: Split | None, facts: dict[str, Any]) -> dict[str, Any]:
     _write_split(partial / "train", result.train, classes)
     _write_split(partial / "test", result.test, classes)
     for name, split in result.extra_folders.items():
@@ -125,19 +149,19 @@ def write_poisoned_folder(out: str | Path, result: Poisoning, classes: list[str]
     spec.update({
         "train_count": n_train,
         "poison_count": None if result.poison_ids is None else len(result.poison_ids),
-        "budget_measured": None if result.poison_ids is None else len(result.poison_ids) / n_train,
+        "poison_share": None if result.poison_ids is None else len(result.poison_ids) / n_train,
         "poison_indices": result.poison_ids,
     })
     if clean_train is not None:
         measured = measure(result.train, clean_train)
+        # the attack's own guarantees, checked on what is written (a failure here is a bug, not a user error)
         if result.poison_ids is not None and not set(measured["changed_pixels_ids"]) <= set(result.poison_ids):
-            raise AssertionError("the attack changed images outside its poison set")  # a bug, not a user error
+            raise AssertionError("the attack changed images outside its poison set")
+        bound = result.record.get("epsilon_255")
+        if bound is not None and measured["linf_255"] > bound:
+            raise AssertionError(f"measured l_inf {measured['linf_255']}/255 exceeds the bound {bound}/255")
         spec.update(measured)
     spec.update({"classes": classes, **facts, **result.record, "version": __version__,
                  "created": datetime.now(timezone.utc).isoformat(timespec="seconds")})
     (partial / POISON_SPEC).write_text(_compact_lists(json.dumps(spec, indent=1)) + "\n")
-    if out.exists():
-        shutil.rmtree(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    partial.rename(out)
     return spec

@@ -43,7 +43,7 @@ def surrogate_net(shape: tuple[int, int, int], num_classes: int, arch: str = "au
 def fit(module: ClassifierModule, split: Split, epochs: int, accelerator: str = "auto", hflip: bool = False,
         progress: bool = True) -> ClassifierModule:
     """Train ``module`` on ``split`` with Lightning (random crops, batch 64); returned in eval mode on its device."""
-    loader = DataLoader(_Augmented(split, 2 if split.images.shape[-1] <= 16 else 4, hflip), batch_size=64,
+    loader = DataLoader(_Augmented(split, crop_padding(split.images.shape), hflip), batch_size=64,
                         shuffle=True, drop_last=len(split) > 64)
     trainer = Trainer(max_epochs=epochs, accelerator=accelerator, devices=1, logger=False, enable_checkpointing=False,
                       enable_model_summary=False, enable_progress_bar=progress)
@@ -70,14 +70,24 @@ def train_surrogate(split: Split, num_classes: int, epochs: int, seed: int, arch
     return fit(module, split, epochs, accelerator, hflip, progress)
 
 
+def crop_padding(shape: tuple[int, ...]) -> int:
+    """The RandomCrop padding of the training recipes: 2 pixels up to 16x16 (digits), 4 above (CIFAR)."""
+    return 2 if shape[-1] <= 16 else 4
+
+
 def random_shift(x: Tensor, max_shift: int, generator: torch.Generator, hflip: bool = False) -> Tensor:
-    """``x`` translated by up to ``max_shift`` pixels (black fill, like RandomCrop's padding) and maybe
-    mirrored: one draw for the batch, differentiable in ``x`` (the differentiable augmentation of
-    Witches' Brew and Narcissus, so crafted perturbations survive the victim's augmentation)."""
+    """Each image of ``x`` translated by its own draw of up to ``max_shift`` pixels (black fill, like
+    RandomCrop's padding) and, with ``hflip``, mirrored with probability 1/2: differentiable in ``x`` (the
+    differentiable augmentation of Witches' Brew, and Narcissus' augmented images), so what is crafted
+    survives the victim's augmentation."""
+    n, _, h, w = x.shape
     if max_shift > 0:
-        h, w = x.shape[-2:]
-        dy, dx = (int(v) for v in torch.randint(0, 2 * max_shift + 1, (2,), generator=generator))
-        x = F.pad(x, (max_shift,) * 4, value=-1.0)[..., dy : dy + h, dx : dx + w]
-    if hflip and bool(torch.randint(0, 2, (1,), generator=generator)):
-        x = x.flip(-1)
+        dy, dx = torch.randint(0, 2 * max_shift + 1, (2, n), generator=generator).to(x.device)
+        padded = F.pad(x, (max_shift,) * 4, value=-1.0)
+        rows = (dy[:, None] + torch.arange(h, device=x.device))[:, None, :, None]
+        cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, None, :]
+        x = padded[torch.arange(n, device=x.device)[:, None, None, None], torch.arange(x.shape[1], device=x.device)[None, :, None, None], rows, cols]
+    if hflip:
+        flip = (torch.rand(n, generator=generator) < 0.5).to(x.device)[:, None, None, None]
+        x = torch.where(flip, x.flip(-1), x)
     return x
