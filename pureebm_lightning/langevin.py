@@ -42,6 +42,8 @@ class LangevinSampler:
         self.temperature = temperature
         self.n_steps = n_steps
         self.clamp = tuple(clamp) if clamp is not None else None
+        #: layout of the chains (``SpeedOptions(channels_last=True)`` sets ``torch.channels_last``)
+        self.memory_format = torch.preserve_format
 
     @property
     def drift(self) -> float:
@@ -77,8 +79,8 @@ class LangevinSampler:
         ``track_grad_norm`` also returns the mean per-image norm of grad_x[E / tau] (one reduction a step).
         """
         n_steps = self.n_steps if n_steps is None else n_steps
-        state = x.detach().clone()
-        noise = torch.empty_like(state)
+        state = x.detach().clone(memory_format=self.memory_format)
+        noise = torch.empty_like(state, memory_format=torch.contiguous_format)  # drawn in NCHW order in any layout
         grad_norm_sum = torch.zeros((), device=state.device, dtype=torch.float32) if track_grad_norm else None
         drift, eps = self.drift, self.step_size
         for _ in range(n_steps):

@@ -2,5 +2,6 @@
 
 from pureebm_lightning.callbacks.chain_images import ChainImageLogger
 from pureebm_lightning.callbacks.results_table import ResultsTable
+from pureebm_lightning.callbacks.speed_options import SpeedOptions
 
-__all__ = ["ChainImageLogger", "ResultsTable"]
+__all__ = ["ChainImageLogger", "ResultsTable", "SpeedOptions"]

@@ -9,6 +9,7 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.utilities import rank_zero_info
 
 from pureebm_lightning.callbacks.purification import ImagesPerSecondBar, PurifiedWriter
+from pureebm_lightning.callbacks.speed_options import SpeedOptions
 from pureebm_lightning.purification.diagnostics import diagnostic_points, write_diagnostics
 from pureebm_lightning.purification.purified_store import PurifiedStore
 from pureebm_lightning.purification.jpeg_purifier import JPEGPurifier
@@ -42,6 +43,10 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--diagnostics", action=ActionYesNo, default=False,
                         help="record mean energy and L2 distance from the start along the chain: purify_diagnostics.csv/.png")
     parser.add_argument("--diagnostic_points", type=int, default=10, help="intervals between recorded steps")
+    group = parser.add_argument_group("GPU speed (SpeedOptions; bf16 is --trainer.precision bf16-mixed)")
+    group.add_argument("--tf32", action=ActionYesNo, default=False, help="TF32 matmuls and convolutions (changes numerics)")
+    group.add_argument("--channels_last", action=ActionYesNo, default=False, help="channels-last energy net and chains")
+    group.add_argument("--compile", action=ActionYesNo, default=False, help="torch.compile the energy network")
     parser.add_class_arguments(Trainer, "trainer", instantiate=False, skip=TRAINER_OPTIONS_SET_HERE)
     return parser
 
@@ -74,9 +79,10 @@ def purify(argv: list[str]) -> None:
 
     trainer_options = {k: v for k, v in cfg.trainer.as_dict().items() if k not in TRAINER_OPTIONS_SET_HERE}
     show_progress = trainer_options.get("enable_progress_bar") is not False
+    speed = SpeedOptions(cfg.tf32, cfg.channels_last, cfg.compile) if cfg.ckpt_path and (cfg.tf32 or cfg.channels_last or cfg.compile) else None
     trainer = Trainer(**trainer_options, inference_mode=False, use_distributed_sampler=False, logger=False,
                       enable_checkpointing=False,
-                      callbacks=[PurifiedWriter(store), *([ImagesPerSecondBar()] if show_progress else [])])
+                      callbacks=[PurifiedWriter(store), *([ImagesPerSecondBar()] if show_progress else []), *([speed] if speed else [])])
     points = diagnostic_points(cfg.steps, cfg.diagnostic_points) if cfg.diagnostics else None
     module = PurifyModule(purifier, store, cfg.batch_size, cfg.overwrite, cfg.num_workers, points)
     trainer.predict(module, return_predictions=False)
