@@ -177,7 +177,7 @@ class EBMModule(LightningModule):
         idx, start = self.bank.draw(n, generator=self._rng_cpu)
         negatives, grad_norm = self.sampler.sample(self.energy_net, start, generator=self._rng, track_grad_norm=True)
         positives = x + self.data_noise * self._noise_like(x)
-        energy = self.energy_net(torch.cat([positives, negatives]))
+        energy = self.energy_net(torch.cat([positives, negatives])).float()  # bf16-mixed: (E+ - E-) / tau in float32
         e_pos, e_neg = energy[:n].mean(), energy[n:].mean()
         loss = (e_pos - e_neg) / self.sampler.temperature
 
@@ -218,7 +218,7 @@ class EBMModule(LightningModule):
         g = torch.Generator(device=x.device).manual_seed(batch_idx)
         signs = torch.randint(0, 2, x.shape, generator=g, device=x.device, dtype=x.dtype).mul_(2).sub_(1)
         perturbed = (x + signs * (2 * self.val_perturbation)).clamp_(-1, 1)  # [-1, 1] images: 1/255 is 2/255 here
-        e_clean, e_pert = self.energy_net(x), self.energy_net(perturbed)
+        e_clean, e_pert = self.energy_net(x).float(), self.energy_net(perturbed).float()
         self.log_dict(
             {
                 f"{split}/energy_clean": e_clean.mean(),

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -64,13 +63,20 @@ def test_fit_template_names_only_options_that_exist_and_resumes_from_the_newest_
     printed = capsys.readouterr().out
     assert re.search(r"num_nodes: '?2'?\n", printed) and re.search(r"devices: '?8'?\n", printed) and "strategy: ddp" in printed
 
+    assert args[args.index("--data.init_args.batch_size") + 1] == "8"  # 128 / 16 GPUs: the paper's global batch
+    assert args[args.index("--model.init_args.bank_size") + 1] == "625"  # 10,000 / 16
+
     (run_dir / "checkpoints").mkdir(parents=True)
     (run_dir / "checkpoints/last.ckpt").write_bytes(b"")
-    time.sleep(0.05)
-    (run_dir / "hpc_ckpt_1.ckpt").write_bytes(b"")  # SLURM's requeue checkpoint, newer
+    args = srun_arguments(ROOT / "scripts/slurm/fit.sbatch", {**SLURM_STEP, "RUN_DIR": str(run_dir)})
+    assert args[args.index("--ckpt_path") + 1] == str(run_dir / "checkpoints/last.ckpt")  # no requeue checkpoint yet
+    (run_dir / "hpc_ckpt_1.ckpt").write_bytes(b"")  # the requeue checkpoint, newer
+    os.utime(run_dir / "checkpoints/last.ckpt", (1_000_000, 1_000_000))
     args = srun_arguments(ROOT / "scripts/slurm/fit.sbatch", {**SLURM_STEP, "RUN_DIR": str(run_dir)}, "--trainer.max_epochs", "3")
     assert args[args.index("--ckpt_path") + 1] == str(run_dir / "hpc_ckpt_1.ckpt")
     assert args[-2:] == ["--trainer.max_epochs", "3"]  # extra arguments reach pureebm
+    with pytest.raises(subprocess.CalledProcessError):  # 10,000 chains do not split over 3 x 8 GPUs
+        srun_arguments(ROOT / "scripts/slurm/fit.sbatch", {"SLURM_NNODES": "3", "SLURM_NTASKS_PER_NODE": "8", "RUN_DIR": str(run_dir)})
 
 
 def test_purify_template_names_only_options_that_exist(tmp_path, capsys):
@@ -91,7 +97,8 @@ def test_trainer_presets_compose_with_the_ebm_config(preset, capsys):
         main(["fit", "--config", str(CONFIGS / "ebm.yaml"), "--config", str(CONFIGS / f"trainer/{preset}.yaml"), "--print_config"])
     printed = capsys.readouterr().out
     assert "accelerator: gpu" in printed and "max_epochs: 120" in printed  # the preset sets the hardware only
-    assert "ModelCheckpoint" in printed  # and keeps the model config's callbacks
+    assert "ModelCheckpoint" in printed and "SlurmRequeue" in printed  # and keeps the model config's callbacks
+    assert "precision: 32-true" in printed  # ... and precision
 
 
 def test_slurm_environment_is_detected_and_gives_ranks_and_main_address(monkeypatch):
@@ -115,3 +122,37 @@ def test_an_interactive_slurm_shell_is_not_taken_for_a_job(monkeypatch):
     assert not SLURMEnvironment.detect()
     trainer = Trainer(accelerator="cpu", devices=2, strategy="ddp", logger=False, enable_checkpointing=False)
     assert not isinstance(trainer.strategy.cluster_environment, SLURMEnvironment)  # Lightning launches the processes
+
+
+def test_requeue_signal_checkpoints_every_chain_at_a_batch_end_and_requeues(tmp_path, monkeypatch):
+    """SIGUSR1 in the middle of training: the checkpoint is written at the end of that batch (not from the
+    handler), holds the chain bank, rank 0 calls `scontrol requeue <job>`, and the run stops there."""
+    import signal as signals
+
+    import torch
+    from lightning.pytorch import Callback
+
+    from pureebm_lightning import ConvNetEnergy, EBMModule, LangevinSampler
+    from pureebm_lightning.callbacks import SlurmRequeue
+    from pureebm_lightning.callbacks import slurm_requeue
+    from pureebm_lightning.data import DigitsDataModule
+
+    calls = []
+    monkeypatch.setattr(slurm_requeue.subprocess, "run", lambda cmd, **kw: calls.append(cmd) or subprocess.CompletedProcess(cmd, 0, "", ""))
+    monkeypatch.setenv("SLURM_JOB_ID", "777")
+
+    class SignalAtBatch(Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if trainer.global_step == 2:
+                os.kill(os.getpid(), signals.SIGUSR1)
+
+    module = EBMModule(ConvNetEnergy(in_channels=1, image_size=8, num_filters=8), LangevinSampler(n_steps=2), bank_size=32)
+    trainer = Trainer(max_steps=10, accelerator="cpu", default_root_dir=tmp_path, logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False, callbacks=[SlurmRequeue(enabled=True), SignalAtBatch()])
+    before = signals.getsignal(signals.SIGUSR1)
+    trainer.fit(module, DigitsDataModule(image_size=8, batch_size=16))
+    assert trainer.global_step == 3  # the batch in which the signal came finished, then the run stopped
+    saved = torch.load(tmp_path / "hpc_ckpt_1.ckpt", map_location="cpu", weights_only=True)
+    assert saved["global_step"] == 3 and saved["chain_bank"].shape == (1, 32, 1, 8, 8)
+    assert calls == [["scontrol", "requeue", "777"]]
+    assert signals.getsignal(signals.SIGUSR1) == before  # the handler is removed after the run

@@ -60,22 +60,32 @@ def test_bf16_autocast_keeps_float32_chains_close_to_float32_sampling(rgb_net_an
 
 
 def test_compiled_energy_net_gives_the_same_chains_and_state_dict(rgb_net_and_images):
+    from torch._dynamo.utils import counters
+
     net, x = rgb_net_and_images
     sampler = LangevinSampler(n_steps=3)
     reference, keys = _chains(net, sampler, x), list(net.state_dict())
+    torch._dynamo.reset()
+    counters.clear()
     SpeedOptions(compile=True, compile_backend="aot_eager").setup(None, _Holder(net, sampler), "predict")
     assert torch.allclose(_chains(net, sampler, x), reference, atol=1e-5)
+    assert counters["stats"]["unique_graphs"] > 0  # it did compile (no silent fallback to eager)
     assert list(net.state_dict()) == keys  # in-place compile: checkpoints keep their keys
 
 
-def test_tf32_is_set_for_the_run_and_restored_after():
-    before = torch.get_float32_matmul_precision()
-    callback = SpeedOptions(tf32=True)
-    holder = _Holder(torch.nn.Linear(2, 1), LangevinSampler())
-    callback.setup(None, holder, "fit")
-    assert torch.get_float32_matmul_precision() == "high" and torch.backends.cudnn.allow_tf32
-    callback.teardown(None, holder, "fit")
-    assert torch.get_float32_matmul_precision() == before
+@pytest.mark.parametrize("tf32", [True, False])
+def test_tf32_is_set_either_way_for_the_run_and_restored_after(tf32):
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = True, False  # PyTorch's defaults
+    try:
+        callback = SpeedOptions(tf32=tf32)
+        holder = _Holder(torch.nn.Linear(2, 1), LangevinSampler())
+        callback.setup(None, holder, "fit")
+        assert torch.backends.cudnn.allow_tf32 is tf32 and torch.backends.cuda.matmul.allow_tf32 is tf32
+        callback.on_exception(None, holder, RuntimeError("a failed run restores too"))
+        assert torch.backends.cudnn.allow_tf32 is True and torch.backends.cuda.matmul.allow_tf32 is False
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def test_speed_options_refuse_a_module_without_an_energy_net():
@@ -103,8 +113,9 @@ def _purify(data: Path, ckpt: Path, out: Path, *extra: str) -> np.ndarray:
 
 
 @pytest.mark.slow
-def test_fit_and_purify_with_bf16_channels_last_and_compile_match_float32(tmp_path):
-    """`pureebm fit` with bf16-mixed and SpeedOptions from YAML flags; its checkpoint purifies like a float32 run."""
+def test_fit_with_bf16_and_channels_last_then_purify_with_each_option_matches_float32(tmp_path):
+    """`pureebm fit` with bf16-mixed and SpeedOptions from flags; its checkpoint purifies like a float32 run with
+    bf16 + channels_last and with compile (inductor); outputs of different numerics are never mixed."""
     ckpt = _fit(tmp_path / "fit", "--trainer.precision=bf16-mixed",
                 "--trainer.callbacks+=pureebm_lightning.callbacks.SpeedOptions",
                 "--trainer.callbacks.channels_last=true")
@@ -118,7 +129,9 @@ def test_fit_and_purify_with_bf16_channels_last_and_compile_match_float32(tmp_pa
     assert np.abs(fast - reference).mean() < 2.0  # bf16: within two 8-bit levels on average
     assert np.abs(reference - np.stack([np.array(Image.open(p)) for p in sorted((tmp_path / "data").rglob("*.png"))])).mean() > 2.0
     manifest = json.loads((tmp_path / "fast" / "manifest.json").read_text())
-    assert manifest["complete"] is True
+    assert manifest["complete"] is True and manifest["precision"] == "bf16-mixed" and manifest["tf32"] is False
+    with pytest.raises(SystemExit, match="precision: '32-true' there, 'bf16-mixed' now"):  # never mixed in one folder
+        _purify(tmp_path / "data", ckpt, tmp_path / "fp32", "--trainer.precision", "bf16-mixed")
 
 
 def test_device_benchmark_runs_and_reports_every_figure(tmp_path):
@@ -131,7 +144,9 @@ def test_device_benchmark_runs_and_reports_every_figure(tmp_path):
     subprocess.run([sys.executable, str(ROOT / "benchmarks/device_benchmark.py"), "--smoke", "--out", str(out)], check=True,
                    capture_output=True, cwd=tmp_path)
     report = json.loads(out.read_text())
-    assert [r["option"] for r in report["results"]] == ["fp32", "tf32", "bf16", "channels_last", "bf16+channels_last"]
+    assert [r["option"] for r in report["results"]] == ["fp32", "tf32", "bf16", "channels_last", "bf16+channels_last",
+                                                        "compile", "bf16+channels_last+compile"] and report["skipped"] == []
     for r in report["results"]:
         assert r["finite"] and r["purify_images_per_s"] > 0 and r["train_iterations_per_s"] > 0
+        assert (r["compiled_graphs"] > 0) == ("compile" in r["option"])  # compiled rows really compiled
         assert r["cifar10_50k_purify_s"] == pytest.approx(50_000 / r["purify_images_per_s"])

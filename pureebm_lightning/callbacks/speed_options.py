@@ -13,11 +13,15 @@ class SpeedOptions(Callback):
     bf16 autocast is not here: it is Lightning's own ``trainer.precision: bf16-mixed`` (the chains and the
     Langevin update stay float32; energies and gradients are computed in bfloat16).
 
+    TF32 is set either way for the run and restored after it: PyTorch's own default runs convolutions in
+    TF32 (``cudnn.allow_tf32`` is True) and matrix multiplies in IEEE float32; with this callback both are
+    IEEE float32 unless ``tf32``.
+
     Args:
         tf32: TF32 matrix multiplies and convolutions on Ampere and later GPUs (changes numerics: ~10-bit
-            mantissa in products; restored after the run).
+            mantissa in products).
         channels_last: energy-net weights and Langevin chains in channels-last memory layout (the same
-            numbers, faster convolutions with tensor cores).
+            computation; on a GPU cuDNN may pick other kernels, so results can differ in the last bits).
         compile: ``torch.compile`` the energy network in place (``nn.Module.compile``: checkpoints keep the
             same keys); ``compile_mode`` e.g. "max-autotune", ``compile_backend`` e.g. "inductor".
     """
@@ -26,7 +30,7 @@ class SpeedOptions(Callback):
                  compile_mode: str | None = None, compile_backend: str = "inductor") -> None:
         self.tf32, self.channels_last, self.compile = tf32, channels_last, compile
         self.compile_mode, self.compile_backend = compile_mode, compile_backend
-        self._saved: tuple[str, bool] | None = None
+        self._saved: tuple[bool, bool] | None = None
 
     def describe(self) -> str:
         on = [name for name in ("tf32", "channels_last", "compile") if getattr(self, name)]
@@ -36,10 +40,9 @@ class SpeedOptions(Callback):
         net = getattr(pl_module, "energy_net", None)
         if net is None:
             raise TypeError(f"SpeedOptions applies to modules with an energy_net (EBMModule, purification), not {type(pl_module).__name__}")
-        if self.tf32:
-            self._saved = (torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32)
-            torch.set_float32_matmul_precision("high")
-            torch.backends.cudnn.allow_tf32 = True
+        self._saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+        torch.backends.cuda.matmul.allow_tf32 = self.tf32
+        torch.backends.cudnn.allow_tf32 = self.tf32
         if self.channels_last:
             net.to(memory_format=torch.channels_last)
             sampler = getattr(pl_module, "sampler", None) or getattr(getattr(pl_module, "purifier", None), "sampler", None)
@@ -52,6 +55,8 @@ class SpeedOptions(Callback):
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if self._saved is not None:
-            torch.set_float32_matmul_precision(self._saved[0])
-            torch.backends.cudnn.allow_tf32 = self._saved[1]
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = self._saved
             self._saved = None
+
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        self.teardown(trainer, pl_module, "")

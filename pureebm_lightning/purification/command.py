@@ -58,6 +58,8 @@ def purify(argv: list[str]) -> None:
         raise PoisonedDataError(f"--diagnostic_points must be at least 1, got {cfg.diagnostic_points}")
     if (cfg.ckpt_path is None) == (cfg.jpeg_quality is None):
         raise PoisonedDataError("give either --ckpt_path (PureEBM) or --jpeg_quality (the JPEG baseline)")
+    if cfg.jpeg_quality is not None and (cfg.tf32 or cfg.channels_last or cfg.compile):
+        raise PoisonedDataError("--tf32, --channels_last and --compile speed up an EBM: they do not apply to --jpeg_quality")
     if cfg.jpeg_quality is not None and cfg.diagnostics:
         raise PoisonedDataError("--diagnostics follows an EBM's Langevin chain: it needs --ckpt_path, not --jpeg_quality")
     if cfg.jpeg_quality is not None and not 1 <= cfg.jpeg_quality <= 95:
@@ -70,7 +72,9 @@ def purify(argv: list[str]) -> None:
     else:
         purifier = Purifier.from_checkpoint(cfg.ckpt_path, steps=cfg.steps, seed=cfg.seed)
     purifier.check_input(source.shape, source.root)
-    store = PurifiedStore(source, out, {**purifier.settings(), "batch_size": cfg.batch_size})
+    precision = str(cfg.trainer.precision) if cfg.trainer.precision not in (None, 32, "32") else "32-true"
+    numerics = {"precision": precision, "tf32": cfg.tf32}  # a resumed run must compute as the first did
+    store = PurifiedStore(source, out, {**purifier.settings(), "batch_size": cfg.batch_size, **numerics})
     store.check(cfg.overwrite)  # read-only, on every rank before anything starts: all refuse together
     manifest = store.read_manifest()
     if not cfg.overwrite and manifest and manifest.get("complete"):
@@ -79,7 +83,7 @@ def purify(argv: list[str]) -> None:
 
     trainer_options = {k: v for k, v in cfg.trainer.as_dict().items() if k not in TRAINER_OPTIONS_SET_HERE}
     show_progress = trainer_options.get("enable_progress_bar") is not False
-    speed = SpeedOptions(cfg.tf32, cfg.channels_last, cfg.compile) if cfg.ckpt_path and (cfg.tf32 or cfg.channels_last or cfg.compile) else None
+    speed = SpeedOptions(cfg.tf32, cfg.channels_last, cfg.compile) if cfg.ckpt_path else None  # TF32 off unless --tf32
     trainer = Trainer(**trainer_options, inference_mode=False, use_distributed_sampler=False, logger=False,
                       enable_checkpointing=False,
                       callbacks=[PurifiedWriter(store), *([ImagesPerSecondBar()] if show_progress else []), *([speed] if speed else [])])

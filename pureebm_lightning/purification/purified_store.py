@@ -20,7 +20,10 @@ if TYPE_CHECKING:
 
 MANIFEST = "manifest.json"
 #: settings that make two purifications of the same source the same run
-RUN_KEYS = ("source", "defense", "jpeg_quality", "checkpoint_sha256", "steps", "step_size", "temperature", "seed", "batch_size")
+RUN_KEYS = ("source", "defense", "jpeg_quality", "checkpoint_sha256", "steps", "step_size", "temperature", "seed", "batch_size",
+            "precision", "tf32")
+#: the value of a run key that a manifest or a run does not state (float32 numerics)
+RUN_KEY_DEFAULTS = {"precision": "32-true", "tf32": False}
 _PIL_FORMATS = Image.registered_extensions()
 #: JPEG cannot be lossless: quality 100 without chroma subsampling keeps it closest (see README)
 _LOSSLESS_AS_POSSIBLE = {"JPEG": {"quality": 100, "subsampling": 0}, "WEBP": {"lossless": True}}
@@ -64,7 +67,9 @@ class PurifiedStore:
             return
         if overwrite:
             return
-        different = {k: (manifest.get(k), self.settings.get(k)) for k in RUN_KEYS if manifest.get(k) != self.settings.get(k)}
+        there = {k: manifest.get(k, RUN_KEY_DEFAULTS.get(k)) for k in RUN_KEYS}
+        now = {k: self.settings.get(k, RUN_KEY_DEFAULTS.get(k)) for k in RUN_KEYS}
+        different = {k: (there[k], now[k]) for k in RUN_KEYS if there[k] != now[k]}
         if different:
             listed = ", ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in different.items())
             raise PurificationConflict(f"{self.out} holds the output of another purification ({listed}); pass --overwrite to replace it")
