@@ -29,9 +29,11 @@ def main(args: list[str] | None = None) -> None:
         from pureebm_lightning.poisoning.command import poison
         from pureebm_lightning.purification import PoisonedDataError
 
+        from lightning.fabric.utilities.exceptions import MisconfigurationException
+
         try:
             poison(argv[1:])
-        except (PoisonedDataError, FileNotFoundError) as err:  # the user's input: no traceback
+        except (PoisonedDataError, OSError, MisconfigurationException) as err:  # the user's input: no traceback
             raise SystemExit(f"pureebm poison: error: {err}") from err
         return
     if argv[:1] in (["-h"], ["--help"]) or not argv:

@@ -181,10 +181,21 @@ def test_user_errors_are_one_line_and_nothing_is_overwritten_silently(tmp_path, 
         main(["poison", "--out", str(tmp_path / "x"), *SMALL, "--attack", "narcissus", "--budget", "0.5"])
     with pytest.raises(SystemExit, match="no such folder"):
         main(["poison", "--out", str(tmp_path / "x"), "--attack", "badnets", "--data", str(tmp_path / "missing")])
+    with pytest.raises(SystemExit, match="--epsilon .* 1..255"):
+        main(["poison", "--out", str(tmp_path / "x"), *SMALL, "--attack", "narcissus", "--epsilon", "-8"])
+    with pytest.raises(SystemExit, match="no --holdout"):
+        main(["poison", "--out", str(tmp_path / "x"), *SMALL, "--import", "narcissus_trigger", "--source", "t.npy", "--holdout", "0.2"])
+    with pytest.raises(SystemExit, match="only .* of class 3"):  # refused before the surrogate trains
+        main(["poison", "--out", str(tmp_path / "x"), *SMALL, "--attack", "narcissus", "--budget", "0.2", "--target_class", "3"])
     poison(tmp_path / "p", "--attack", "badnets")
     with pytest.raises(SystemExit, match="exists"):
         poison(tmp_path / "p", "--attack", "blended")
     assert poison(tmp_path / "p", "--attack", "blended", "--overwrite")["attack"] == "blended"
+    assert oct((tmp_path / "p").stat().st_mode & 0o777) == oct(0o777 & ~_umask())  # not the temp folder's 0700
+    (tmp_path / "handmade").mkdir()  # a poison.json written by hand (README shows the format): not ours to delete
+    (tmp_path / "handmade" / "poison.json").write_text('{"attack": "x", "kind": "targeted", "targets": [{"file": "a.png"}]}')
+    with pytest.raises(SystemExit, match="not a poisoned folder"):
+        poison(tmp_path / "handmade", "--attack", "badnets", "--overwrite")
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "thesis.tex").write_text("keep")
     with pytest.raises(SystemExit, match="not a poisoned folder"):
@@ -192,10 +203,18 @@ def test_user_errors_are_one_line_and_nothing_is_overwritten_silently(tmp_path, 
     assert (tmp_path / "mine" / "thesis.tex").read_text() == "keep"
     purified = tmp_path / "purified"  # a purify output carries a copy of poison.json: still not replaced
     purified.mkdir()
-    (purified / "poison.json").write_text("{}")
+    (purified / "poison.json").write_text(json.dumps({"command": {}, "version": "0.1.0"}))
     (purified / "manifest.json").write_text("{}")
     with pytest.raises(SystemExit, match="purify output"):
         poison(purified, "--attack", "badnets", "--overwrite")
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def test_a_failed_write_leaves_the_old_folder_whole_and_nothing_half_written(tmp_path, monkeypatch):
@@ -211,7 +230,7 @@ def test_a_failed_write_leaves_the_old_folder_whole_and_nothing_half_written(tmp
         write_split(folder, split, classes)
 
     monkeypatch.setattr(poisoned_folder, "_write_split", fail_on_test)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(SystemExit, match="disk full"):  # one line for the user, and nothing lost
         poison(tmp_path / "p", "--attack", "blended", "--overwrite")
     assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == before  # no hidden partial folder either
     assert json.loads((tmp_path / "p" / "poison.json").read_text())["attack"] == "badnets"

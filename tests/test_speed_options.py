@@ -75,17 +75,20 @@ def test_compiled_energy_net_gives_the_same_chains_and_state_dict(rgb_net_and_im
 
 @pytest.mark.parametrize("tf32", [True, False])
 def test_tf32_is_set_either_way_for_the_run_and_restored_after(tf32):
-    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = True, False  # PyTorch's defaults
+    saved = torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32
+    torch.set_float32_matmul_precision("high")  # as Lightning advises on tensor-core GPUs
+    torch.backends.cudnn.allow_tf32 = True  # PyTorch's default: TF32 convolutions
     try:
         callback = SpeedOptions(tf32=tf32)
         holder = _Holder(torch.nn.Linear(2, 1), LangevinSampler())
         callback.setup(None, holder, "fit")
-        assert torch.backends.cudnn.allow_tf32 is tf32 and torch.backends.cuda.matmul.allow_tf32 is tf32
+        assert torch.backends.cudnn.allow_tf32 is tf32
+        assert torch.get_float32_matmul_precision() == ("high" if tf32 else "highest")
         callback.on_exception(None, holder, RuntimeError("a failed run restores too"))
-        assert torch.backends.cudnn.allow_tf32 is True and torch.backends.cuda.matmul.allow_tf32 is False
+        assert torch.backends.cudnn.allow_tf32 is True and torch.get_float32_matmul_precision() == "high"
     finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+        torch.set_float32_matmul_precision(saved[0])
+        torch.backends.cudnn.allow_tf32 = saved[1]
 
 
 def test_speed_options_refuse_a_module_without_an_energy_net():

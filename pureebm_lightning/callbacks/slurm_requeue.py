@@ -13,9 +13,10 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 
 class SlurmRequeue(Callback):
-    """On the requeue signal (``#SBATCH --signal=SIGUSR1@120``) every rank writes ``<default_root_dir>/hpc_ckpt_N.ckpt``
-    at the end of the current training batch (weights, optimiser, every rank's chains), rank 0 requeues the
-    job with ``scontrol requeue``, and the run stops; the requeued job resumes from that checkpoint.
+    """On the requeue signal (``#SBATCH --signal=SIGUSR1@120``) the ranks save ``<default_root_dir>/hpc_ckpt_N.ckpt``
+    together at the end of the current training batch (weights, optimiser, every rank's chains; rank 0
+    writes the file), the run stops, and at its end rank 0 requeues the job with ``scontrol requeue``; the
+    requeued job resumes from that checkpoint.
 
     The signal handler only sets a flag: the checkpoint (a collective, since the chain banks are gathered)
     is written at the same step on every rank, never from inside a handler. Lightning's own SLURM handler
@@ -33,6 +34,7 @@ class SlurmRequeue(Callback):
         self._pid: int | None = None
         self._received = False
         self._previous: Any = None
+        self._requeue_after: str | None = None
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         armed = SLURMEnvironment.detect() if self.enabled is None else self.enabled
@@ -49,17 +51,25 @@ class SlurmRequeue(Callback):
         if self._pid is None or not trainer.strategy.reduce_boolean_decision(self._received, all=False):
             return
         path = trainer._checkpoint_connector.hpc_save_path(trainer.default_root_dir)
-        trainer.save_checkpoint(path)  # every rank: the chain banks are gathered
+        trainer.save_checkpoint(path)  # every rank takes part (the chain banks are gathered); rank 0 writes
         rank_zero_info(f"Requeue signal: saved {path} at global step {trainer.global_step}")
-        if self.requeue and trainer.is_global_zero:
+        self._received, self._requeue_after = False, path
+        trainer.should_stop = True
+
+    def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        """Requeue only after the run's last collectives (end-of-epoch checkpoints, validation): SLURM then
+        signals every task to end, and nothing is left in flight between ranks."""
+        path, self._requeue_after = self._requeue_after, None
+        if path is None or not self.requeue:
+            return
+        trainer.strategy.barrier("slurm_requeue")
+        if trainer.is_global_zero:
             job = os.environ.get("SLURM_JOB_ID", "")
             if os.environ.get("SLURM_ARRAY_JOB_ID"):
                 job = f"{os.environ['SLURM_ARRAY_JOB_ID']}_{os.environ['SLURM_ARRAY_TASK_ID']}"
             result = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
             if result.returncode != 0:
                 rank_zero_warn(f"scontrol requeue {job} failed ({result.stderr.strip()}); resubmit the job to resume from {path}")
-        self._received = False
-        trainer.should_stop = True
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if self._pid is not None:

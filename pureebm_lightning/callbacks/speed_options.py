@@ -30,7 +30,7 @@ class SpeedOptions(Callback):
                  compile_mode: str | None = None, compile_backend: str = "inductor") -> None:
         self.tf32, self.channels_last, self.compile = tf32, channels_last, compile
         self.compile_mode, self.compile_backend = compile_mode, compile_backend
-        self._saved: tuple[bool, bool] | None = None
+        self._saved: tuple[str, bool] | None = None
 
     def describe(self) -> str:
         on = [name for name in ("tf32", "channels_last", "compile") if getattr(self, name)]
@@ -40,8 +40,10 @@ class SpeedOptions(Callback):
         net = getattr(pl_module, "energy_net", None)
         if net is None:
             raise TypeError(f"SpeedOptions applies to modules with an energy_net (EBMModule, purification), not {type(pl_module).__name__}")
-        self._saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-        torch.backends.cuda.matmul.allow_tf32 = self.tf32
+        # matmuls through the precision API Lightning and inductor read (mixing it with the legacy
+        # cuda.matmul.allow_tf32 flag makes torch refuse to report it); convolutions through cuDNN's flag
+        self._saved = (torch.get_float32_matmul_precision(), torch.backends.cudnn.allow_tf32)
+        torch.set_float32_matmul_precision("high" if self.tf32 else "highest")
         torch.backends.cudnn.allow_tf32 = self.tf32
         if self.channels_last:
             net.to(memory_format=torch.channels_last)
@@ -55,7 +57,8 @@ class SpeedOptions(Callback):
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if self._saved is not None:
-            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = self._saved
+            torch.set_float32_matmul_precision(self._saved[0])
+            torch.backends.cudnn.allow_tf32 = self._saved[1]
             self._saved = None
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:

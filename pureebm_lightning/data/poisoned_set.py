@@ -130,7 +130,7 @@ class PoisonedSetDataModule(LightningDataModule):
             triggered = open_source(spec.root / spec.trigger["folder"])
             if triggered.shape != test.shape:
                 raise PoisonedDataError(f"{triggered.root}: images of shape {triggered.shape}, the test images are {test.shape}")
-            return LabelledImages(triggered.load, [spec.target_class] * len(triggered))
+            return LabelledImages(triggered.load, self._labels_as_in_training(triggered))  # the attacker's labels
         if spec.kind == "triggered":
             keep = [i for i, label in enumerate(labels) if label != spec.target_class]
             return LabelledImages(_Picked(test.load, keep), [spec.target_class] * len(keep))

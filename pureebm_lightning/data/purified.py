@@ -84,7 +84,8 @@ class PurifiedDataModule(PoisonedSetDataModule):
         source_key = hashlib.sha256(str(source.root.resolve()).encode()).hexdigest()[:8]
         key = f"{self.purifier.checkpoint_sha256[:12]}-{source_key}-T{self.steps}-seed{self.seed}-B{self.purify_batch_size}"
         store = PurifiedStore(source, root / key, {**self.purifier.settings(), "batch_size": self.purify_batch_size})
-        store.check(overwrite=False)
+        store.check(overwrite=False)  # every rank, on the same untouched folder: all refuse together
+        self._barrier("purify-cache-checked")  # no rank checks while rank 0 is already preparing
         if rank == 0:
             store.prepare(overwrite=False)
         self._barrier("purify-cache-prepared")  # every rank lists what is missing only after rank 0 prepared

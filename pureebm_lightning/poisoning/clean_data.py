@@ -82,7 +82,7 @@ def _folder_split(folder: Path) -> tuple[Split, list[str]]:
     source = open_source(folder)
     images = torch.stack([source.load(i) for i in range(len(source))])
     stems = [Path(key).stem for key in source.keys]
-    named = all(stem.isdigit() for stem in stems) and len(set(stems)) == len(stems)
+    named = all(stem.isdigit() for stem in stems) and len({int(stem) for stem in stems}) == len(stems)
     ids = torch.as_tensor([int(stem) for stem in stems]) if named else torch.arange(len(source))
     split = Split(images, torch.as_tensor(source.labels), ids)
     return split.subset(torch.argsort(split.ids)), source.classes

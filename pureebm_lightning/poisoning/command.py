@@ -119,7 +119,10 @@ def _import(cfg: Any, fmt: str, clean: CleanData | None) -> tuple[Poisoning, lis
     if clean is None:
         raise PoisonedDataError(f"--import {fmt} needs the clean data in --data")
     if fmt == "narcissus_trigger":
-        trigger = torch.as_tensor(np.load(source, allow_pickle=False))
+        try:
+            trigger = torch.as_tensor(np.load(source, allow_pickle=False)).float()
+        except (OSError, ValueError, TypeError) as err:
+            raise PoisonedDataError(f"--source {source}: not a NumPy .npy trigger array ({err})") from err
         budget = cfg.budget if cfg.budget is not None else DEFAULT_BUDGET[fmt]
         target_class = 0 if cfg.target_class is None else cfg.target_class
         return apply_narcissus_trigger(clean, trigger, target_class, budget, cfg.magnification, cfg.seed), clean.classes, clean.train
@@ -141,6 +144,12 @@ def poison(argv: list[str]) -> dict[str, Any]:
     holdout = cfg.holdout if cfg.holdout is not None else (0.2 if cfg.attack and not cfg.attacker_data else 0.0)
     if cfg.attacker_data and holdout:
         raise PoisonedDataError("give --attacker_data or --holdout, not both")
+    if fmt is not None and (holdout or cfg.attacker_data):
+        raise PoisonedDataError("--import takes the clean set as the export indexes it: no --holdout or --attacker_data")
+    if not 1 <= cfg.epsilon <= 255:
+        raise PoisonedDataError(f"--epsilon is an l_inf bound in 1/255 steps, 1..255; got {cfg.epsilon}")
+    if (cfg.steps is not None and cfg.steps < 1) or cfg.restarts < 1 or cfg.surrogate_epochs < 1:
+        raise PoisonedDataError("--steps, --restarts and --surrogate_epochs must be at least 1")
     check_out(cfg.out, cfg.overwrite)  # before any work
     data = cfg.data or ("digits" if cfg.attack else None)
     clean = None
@@ -163,7 +172,8 @@ def poison(argv: list[str]) -> dict[str, Any]:
 
 def summary(spec: dict[str, Any], out: str) -> str:
     """One paragraph on what was written."""
-    lines = [f"Wrote {out}: {spec['attack']} ({spec['kind']}, {'clean' if spec['clean_label'] else 'dirty'} label)"]
+    label = {True: "clean label", False: "dirty label", None: "labels not compared"}[spec["clean_label"]]
+    lines = [f"Wrote {out}: {spec['attack']} ({spec['kind']}, {label})"]
     if spec.get("poison_count") is not None:
         lines.append(f"{spec['poison_count']} of {spec['train_count']} training images poisoned ({100 * spec['poison_share']:.2f} %)")
     if "linf_255" in spec:

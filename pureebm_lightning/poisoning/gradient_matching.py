@@ -124,6 +124,8 @@ def gradient_matching(clean: CleanData, budget: float = 0.01, epsilon: int = 8, 
     """The attack: surrogate trained on the clean training set (the attacker knows the data, not the victim's
     initialisation), target and intended class drawn from ``seed`` unless given, poisons ``budget`` x N
     random images of the intended class; the target leaves the test split for ``targets/``."""
+    if steps < 1 or restarts < 1:
+        raise PoisonedDataError(f"--steps and --restarts must be at least 1, got {steps} and {restarts}")
     generator = torch.Generator().manual_seed(seed)
     row, intended_class = pick_target(clean, generator, target_id, intended_class)
     train = clean.train

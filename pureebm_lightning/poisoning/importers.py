@@ -58,6 +58,13 @@ def _rows_of(split: Split, ids: torch.Tensor, what: str) -> torch.Tensor:
     return torch.as_tensor([position[int(i)] for i in ids.tolist()], dtype=torch.long)
 
 
+def _check_shape(split: Split, clean: Split | None, where: Path) -> None:
+    """The export's images must have the clean set's channels and size."""
+    if clean is not None and tuple(split.images.shape[1:]) != tuple(clean.images.shape[1:]):
+        raise PoisonedDataError(f"{where}: images of shape {tuple(split.images.shape[1:])}, the clean set given by --data has "
+                                f"{tuple(clean.images.shape[1:])}")
+
+
 def _check_classes(found: list[str], classes: list[str] | None, where: Path) -> None:
     if classes is not None and not set(found) <= set(classes):
         raise PoisonedDataError(f"{where}: classes {sorted(set(found) - set(classes))} are not classes of --data ({classes})")
@@ -81,7 +88,9 @@ def import_witches_brew(source: Path, clean_train: Split | None, clean_test: Spl
         data = np.load(source / NUMPY_DATA, allow_pickle=False)
         if not np.array_equal(data, np.round(data)) or data.min() < 0 or data.max() > 255:
             raise PoisonedDataError(f"{source / NUMPY_DATA}: expected 0..255 pixel values")
-        labels = torch.as_tensor(np.load(source / NUMPY_LABELS, allow_pickle=False).astype(np.int64))
+        labels = torch.as_tensor(np.load(source / NUMPY_LABELS, allow_pickle=False).astype(np.int64)).ravel()
+        if len(labels) != len(data) or labels.min() < 0 or labels.max() >= len(classes or []):
+            raise PoisonedDataError(f"{source / NUMPY_LABELS}: expected {len(data)} labels in 0..{len(classes or []) - 1}")
         images = torch.stack([from_hwc(a) for a in data.astype(np.uint8)])
         if len(images) != len(clean_train) or images.shape[1:] != clean_train.images.shape[1:]:
             raise PoisonedDataError(f"{source / NUMPY_DATA}: {len(images)} images of shape {tuple(images.shape[1:])}, the clean "
@@ -97,6 +106,7 @@ def import_witches_brew(source: Path, clean_train: Split | None, clean_test: Spl
             raise PoisonedDataError(f"{source}: not a Witches' Brew export (no train/ folder and no {NUMPY_DATA})")
         train, found = read_indexed_folder(source / "train", mode)
         _check_classes(found, classes, source / "train")
+        _check_shape(train, clean_train, source / "train")
         classes = classes or found
         train = _relabel(train, found, classes)
         target_dir = targets or source / "targets"
@@ -111,6 +121,7 @@ def import_witches_brew(source: Path, clean_train: Split | None, clean_test: Spl
             train, reference, test = Split(images, clean_train.labels.clone(), clean_train.ids), clean_train, clean_test
         else:
             test, test_found = read_indexed_folder(source / "test", mode)
+            _check_classes(test_found, classes, source / "test")
             test = _relabel(test, test_found, classes)
             reference = None if clean_train is None else clean_train.subset(_rows_of(clean_train, train.ids, str(source / "train")))
     if not limited:  # every image was exported: the poisons are those that differ from the clean ones
@@ -123,7 +134,7 @@ def import_witches_brew(source: Path, clean_train: Split | None, clean_test: Spl
     truth = {} if clean_test is None else dict(zip(clean_test.ids.tolist(), clean_test.labels.tolist()))
     target_list = [Target(img, int(i), truth.get(int(i)), int(c)) for img, c, i in
                    zip(target_split.images, target_split.labels, target_split.ids)]
-    clean_label = reference is None or bool((train.labels == reference.labels).all())
+    clean_label = None if reference is None else bool((train.labels == reference.labels).all())  # unknown without --data
     poisoning = Poisoning(attack="witches_brew", kind="targeted", train=train, test=test, poison_ids=poison_ids,
                           clean_label=clean_label, targets=target_list, record={"imported_from": str(source)})
     return poisoning, classes, reference
@@ -175,12 +186,14 @@ def import_backdoorbench(source: Path, clean_train: Split, clean_test: Split, cl
     if not (source / "bd_test_dataset").is_dir():
         raise PoisonedDataError(f"{source}: no bd_test_dataset/ (the triggered test images), so poison success cannot be measured")
     poisoned = _numbered_labels(*read_indexed_folder(source / "bd_train_dataset", mode), len(classes), source / "bd_train_dataset")
+    _check_shape(poisoned, clean_train, source / "bd_train_dataset")
     ids = clean_train.ids[torch.as_tensor(flags == 1)]
     rows = _rows_of(poisoned, ids, str(source / "bd_train_dataset"))
     images, labels = clean_train.images.clone(), clean_train.labels.clone()
     where = _rows_of(clean_train, ids, "poison indicator")
     images[where], labels[where] = poisoned.images[rows], poisoned.labels[rows]
     triggered = _numbered_labels(*read_indexed_folder(source / "bd_test_dataset", mode), len(classes), source / "bd_test_dataset")
+    _check_shape(triggered, clean_test, source / "bd_test_dataset")
     if target_class is None:
         target_class = Counter(triggered.labels.tolist()).most_common(1)[0][0]
     extra, spec = {"poison_test": triggered}, {"mode": "images", "folder": "poison_test", "magnification": 1.0}
@@ -215,7 +228,9 @@ def import_just_how_toxic(source: Path, clean_train: Split, clean_test: Split, m
         raise PoisonedDataError(f"{source}: {len(poisons)} poisons but {len(base)} base indices")
     rows = _rows_of(clean_train, base, str(source / "base_indices.pickle"))
     images, labels = clean_train.images.clone(), clean_train.labels.clone()
-    images[rows] = torch.stack([from_hwc(np.array(img.convert(mode))) for img, _ in poisons])
+    stacked = torch.stack([from_hwc(np.array(img.convert(mode))) for img, _ in poisons])
+    _check_shape(Split(stacked, labels[rows], base), clean_train, source / "poisons.pickle")
+    images[rows] = stacked
     labels[rows] = torch.as_tensor([int(label) for _, label in poisons])
     intended = Counter(int(label) for _, label in poisons).most_common(1)[0][0]
     target = Target(from_hwc(np.array(target_image.convert(mode))), None, int(target_label), intended)

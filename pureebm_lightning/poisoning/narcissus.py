@@ -89,12 +89,14 @@ def narcissus(clean: CleanData, target_class: int, budget: float = 0.01, epsilon
               hflip: bool = False, progress: bool = True) -> Poisoning:
     """The attack: a surrogate trained on the attacker's pool (disjoint from the victim's training set), then
     optionally warmed up for ``warmup_epochs`` on target-class images alone (RAdam, ``warmup_lr``; the
-    published code: 5 epochs at 0.1), the trigger optimised on every target-class image the attacker holds
-    (its pool's and the training images it poisons) and added to ``budget`` x N target-class training images.
-    The test-time ``magnification`` is recorded in ``poison.json``."""
+    published code: 5 epochs at 0.1), the trigger optimised on the pool's target-class images and all the
+    target-class training images (Narcissus assumes the attacker knows the target class's training
+    examples, as the published code does), and added to ``budget`` x N of them. The test-time
+    ``magnification`` is recorded in ``poison.json``."""
     train = clean.train
     if len(clean.pool) == 0:
         raise PoisonedDataError("Narcissus trains its surrogate on the attacker's own data: set --holdout > 0 or pass --attacker_data")
+    choose_rows(train.labels, poison_count(budget, len(train)), torch.Generator(), of_class=target_class)  # the budget fits: fail now, not after training
     known = Split(torch.cat([clean.pool.images[clean.pool.labels == target_class], train.images[train.labels == target_class]]),
                   torch.cat([clean.pool.labels[clean.pool.labels == target_class], train.labels[train.labels == target_class]]),
                   torch.cat([clean.pool.ids[clean.pool.labels == target_class], train.ids[train.labels == target_class]]))

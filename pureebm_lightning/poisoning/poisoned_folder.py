@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import tempfile
@@ -38,8 +39,10 @@ class Target:
 class Poisoning:
     """What an attack made: the victim's training set after it, which ids it poisoned, and how to test it.
 
-    ``train`` has the clean training set's rows and ids; ``trigger`` (float, (1, C, H, W), [-1, 1] space) and
-    ``trigger_spec`` (mode, magnification, ...) are for triggered attacks, ``targets`` for targeted ones.
+    ``train`` has the clean training set's rows and ids; ``trigger`` (float, [-1, 1] space: (1, C, H, W), or
+    BadNets' (1, C, p, p) patch) and ``trigger_spec`` (mode, magnification, ...) are for triggered attacks,
+    ``targets`` for targeted ones; ``extra_folders`` are written beside ``train/`` (an imported BackdoorBench
+    record's triggered test images, ``poison_test/``).
     ``record`` holds attack-specific facts for ``poison.json`` (parameters, objective before/after, ...).
     """
 
@@ -48,7 +51,7 @@ class Poisoning:
     train: Split
     test: Split
     poison_ids: list[int] | None
-    clean_label: bool
+    clean_label: bool | None  # None: unknown (an import without the clean set)
     target_class: int | None = None
     trigger: Tensor | None = None
     trigger_spec: dict[str, Any] | None = None
@@ -91,10 +94,20 @@ def check_out(out: str | Path, overwrite: bool) -> Path:
     if out.exists():
         if not overwrite:
             raise PoisonedDataError(f"{out} exists: pass --overwrite to replace it, or choose another --out")
-        if not (out / POISON_SPEC).is_file() or (out / "manifest.json").exists():
-            raise PoisonedDataError(f"{out} exists and is not a poisoned folder written by `pureebm poison` (no {POISON_SPEC}, "
-                                    "or a purify output): not replacing it")
+        if not _written_here(out):
+            raise PoisonedDataError(f"{out} exists and is not a poisoned folder written by `pureebm poison` (no {POISON_SPEC} "
+                                    "with its command and version, or a purify output): not replacing it")
     return out
+
+
+def _written_here(folder: Path) -> bool:
+    """A folder `pureebm poison` wrote: its poison.json records the command and version, and it is not a purify
+    output (which carries a copy of poison.json beside its own manifest.json)."""
+    try:
+        spec = json.loads((folder / POISON_SPEC).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(spec, dict) and "command" in spec and "version" in spec and not (folder / "manifest.json").exists()
 
 
 def write_poisoned_folder(out: str | Path, result: Poisoning, classes: list[str], clean_train: Split | None,
@@ -110,14 +123,20 @@ def write_poisoned_folder(out: str | Path, result: Poisoning, classes: list[str]
     out = check_out(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
+    umask = os.umask(0)
+    os.umask(umask)
+    partial.chmod(0o777 & ~umask)  # mkdtemp makes it owner-only; a dataset folder follows the umask
+    old = None
     try:
         spec = _write(partial, result, classes, clean_train, facts)
-        old = out.with_name(f".{out.name}.replaced-{partial.name[-8:]}") if out.exists() else None
-        if old is not None:
+        if out.exists():
+            old = out.with_name(f".{out.name}.replaced-{partial.name[-8:]}")
             out.rename(old)
         partial.rename(out)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
+        if old is not None and old.exists() and not out.exists():
+            old.rename(out)  # the old folder back in place
         raise
     if old is not None:
         shutil.rmtree(old)

@@ -58,7 +58,7 @@ def train_surrogate(split: Split, num_classes: int, epochs: int, seed: int, arch
     """A classifier trained from scratch on ``split`` (SGD 0.05, momentum 0.9, steps at 2/3 and 7/8 of the
     epochs, random crops): the attacker's stand-in for the victim. Its initialisation is drawn from a seed
     derived from ``seed``, so a victim trained with the same seed does not share it."""
-    seed_everything(10_007 * seed + 1, verbose=False)
+    seed_everything((10_007 * seed + 1) % 2**32, verbose=False)
     channels = split.images.shape[1]
     milestones = [max(1, int(epochs * 2 / 3)), max(1, int(epochs * 7 / 8))]
     module = ClassifierModule(

@@ -72,7 +72,8 @@ def purify(argv: list[str]) -> None:
     else:
         purifier = Purifier.from_checkpoint(cfg.ckpt_path, steps=cfg.steps, seed=cfg.seed)
     purifier.check_input(source.shape, source.root)
-    precision = str(cfg.trainer.precision) if cfg.trainer.precision not in (None, 32, "32") else "32-true"
+    aliases = {"None": "32-true", "32": "32-true", "16": "16-mixed", "bf16": "bf16-mixed", "64": "64-true"}
+    precision = aliases.get(str(cfg.trainer.precision), str(cfg.trainer.precision))
     numerics = {"precision": precision, "tf32": cfg.tf32}  # a resumed run must compute as the first did
     store = PurifiedStore(source, out, {**purifier.settings(), "batch_size": cfg.batch_size, **numerics})
     store.check(cfg.overwrite)  # read-only, on every rank before anything starts: all refuse together
