@@ -8,6 +8,15 @@ from lightning.pytorch import LightningDataModule, LightningModule
 from lightning.pytorch.cli import LightningCLI
 
 
+def _end_process_group() -> None:
+    """Destroy a DDP process group the run left (Lightning keeps it for reuse): a live gloo group can abort
+    the interpreter at exit ("terminate called without an active exception"), failing a finished run."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def main(args: list[str] | None = None) -> None:
     """Entry point of ``pureebm``; ``args`` replaces ``sys.argv[1:]`` (for tests).
 
@@ -24,6 +33,7 @@ def main(args: list[str] | None = None) -> None:
             purify(argv[1:])
         except (PoisonedDataError, PurificationConflict, FileNotFoundError) as err:  # the user's input: no traceback
             raise SystemExit(f"pureebm purify: error: {err}") from err
+        _end_process_group()
         return
     if argv[:1] == ["poison"]:
         from pureebm_lightning.poisoning.command import poison
@@ -42,6 +52,7 @@ def main(args: list[str] | None = None) -> None:
               "pureebm purify --data POISONED_DIR --ckpt_path EBM.ckpt: purify a poisoned training set "
               "(`pureebm purify --help` lists its options)\n")
     make_cli(args)
+    _end_process_group()
 
 
 def make_cli(args: list[str] | None = None, run: bool = True) -> LightningCLI:

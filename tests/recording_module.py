@@ -34,3 +34,4 @@ if __name__ == "__main__":  # 2-process DDP: each rank reports how many images i
     trainer.fit(RecordingModule(), dm)
     with open(f"{report}.rank{trainer.global_rank}", "w") as f:
         json.dump({"purified_now": dm.purified_now, "batches": len(trainer.lightning_module.seen)}, f)
+    torch.distributed.destroy_process_group()  # a live gloo group can abort the interpreter at exit
