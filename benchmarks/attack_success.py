@@ -19,7 +19,6 @@ import contextlib
 import csv
 import hashlib
 import json
-import math
 import os
 import sys
 import time
@@ -31,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 from lightning.pytorch import Trainer  # noqa: E402
 from lightning.pytorch.utilities import disable_possible_user_warnings  # noqa: E402
 
+from pureebm_lightning.callbacks.results_table import wilson  # noqa: E402
 from pureebm_lightning.cli import main, make_cli  # noqa: E402
 from pureebm_lightning.data.poisoned_set import PoisonedSetDataModule  # noqa: E402
 
@@ -46,14 +46,6 @@ def working_dir(path: Path):
         yield
     finally:
         os.chdir(old)
-
-
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    if n == 0:
-        return 0.0, 1.0
-    p, d = k / n, 1 + z * z / n
-    centre, half = (p + z * z / (2 * n)) / d, z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def train_victim(folder: Path, workdir: Path, seed: int):

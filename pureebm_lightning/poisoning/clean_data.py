@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from pureebm_lightning.purification.purifier import to_signed_unit
 from pureebm_lightning.purification.sources import PoisonedDataError, hwc_to_chw, open_source
 
 
@@ -44,9 +45,7 @@ class CleanData:
         return tuple(self.train.images.shape[1:])
 
 
-def signed(images: Tensor) -> Tensor:
-    """uint8 images as floats in [-1, 1]."""
-    return images.float() / 127.5 - 1
+signed = to_signed_unit  # uint8 images as floats in [-1, 1], the project's one conversion
 
 
 def _digits(image_size: int) -> tuple[Split, Split, list[str]]:
