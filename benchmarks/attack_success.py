@@ -72,9 +72,10 @@ def intended_probability(model, folder: Path, target: dict) -> float:
     """The model's softmax probability of the intended class on the target image: how far the attack got."""
     import torch
 
+    from pureebm_lightning.purification.purifier import to_signed_unit
     from pureebm_lightning.purification.sources import read_image
 
-    image = read_image(folder / target["file"], "L").float()[None] / 127.5 - 1
+    image = to_signed_unit(read_image(folder / target["file"], "L"))[None]
     with torch.no_grad():
         return torch.softmax(model.eval()(image.to(model.device)), 1)[0, target["intended_class"]].item()
 

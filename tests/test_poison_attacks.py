@@ -237,14 +237,13 @@ def test_a_failed_write_leaves_the_old_folder_whole_and_nothing_half_written(tmp
 
 
 def test_attacker_data_replaces_the_holdout_and_is_recorded(tmp_path, clean):
-    from PIL import Image
 
-    from pureebm_lightning.poisoning.clean_data import as_hwc
+    from pureebm_lightning.purification.sources import chw_to_pil
 
     pool = load_clean_data("digits", holdout=0.2, image_size=8).pool
     for image, label, i in zip(pool.images[:60], pool.labels[:60].tolist(), pool.ids[:60].tolist()):
         (tmp_path / "mine" / str(label)).mkdir(parents=True, exist_ok=True)
-        Image.fromarray(as_hwc(image)).save(tmp_path / "mine" / str(label) / f"{i}.png")
+        chw_to_pil((image)).save(tmp_path / "mine" / str(label) / f"{i}.png")
     spec = poison(tmp_path / "p", "--attack", "narcissus", "--attacker_data", str(tmp_path / "mine"), *FAST_OPT)
     assert spec["holdout"] == 0 and spec["holdout_ids"] == [] and spec["attacker_data"] == str(tmp_path / "mine")
     assert spec["train_count"] == len(load_clean_data("digits", holdout=0.0, image_size=8).train)

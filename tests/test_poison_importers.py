@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from pureebm_lightning.cli import main
 from pureebm_lightning.data.poisoned_set import PoisonedSetDataModule
 from pureebm_lightning.data.digits import digits_images
-from pureebm_lightning.poisoning.clean_data import Split, as_hwc, load_clean_splits
+from pureebm_lightning.poisoning.clean_data import Split, load_clean_splits
+from pureebm_lightning.purification.sources import chw_to_pil
 from pureebm_lightning.poisoning.importers import read_indexed_folder
 
 POISONED_ROWS = [2, 5, 11]
@@ -23,7 +23,7 @@ POISONED_ROWS = [2, 5, 11]
 
 def save(path: Path, image: torch.Tensor) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(as_hwc(image)).save(path)
+    chw_to_pil((image)).save(path)
 
 
 def write_split(folder: Path, split: Split, classes: list[str]) -> None:
@@ -208,8 +208,8 @@ def test_just_how_toxic_pickles_are_read_only_when_trusted(tmp_path, clean_folde
     train, test, _ = reference
     src = tmp_path / "jht"
     src.mkdir()
-    poisons = [(Image.fromarray(as_hwc(perturbed(train).images[r])), int(train.labels[r])) for r in POISONED_ROWS]
-    for name, obj in (("poisons.pickle", poisons), ("target.pickle", (Image.fromarray(as_hwc(test.images[0])), int(test.labels[0]))),
+    poisons = [(chw_to_pil((perturbed(train).images[r])), int(train.labels[r])) for r in POISONED_ROWS]
+    for name, obj in (("poisons.pickle", poisons), ("target.pickle", (chw_to_pil((test.images[0])), int(test.labels[0]))),
                       ("base_indices.pickle", train.ids[POISONED_ROWS])):  # a tensor, as Witches' Brew's benchmark export writes
         with open(src / name, "wb") as f:
             pickle.dump(obj, f)

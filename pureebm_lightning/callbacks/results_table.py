@@ -111,7 +111,8 @@ def aggregate(runs: list[dict[str, str]]) -> list[dict[str, object]]:
             pairs = [(float(r["poison_success"]) * float(r["poison_count"]), float(r["poison_count"]))
                      for r in group if r.get("poison_success") and r.get("poison_count")]
             k, n = round(sum(p[0] for p in pairs)), round(sum(p[1] for p in pairs))
-            row.update(k=k, n=n, wilson_low=wilson(k, n)[0], wilson_high=wilson(k, n)[1])
+            low, high = wilson(k, n)
+            row.update(k=k, n=n, wilson_low=low, wilson_high=high)
         table.append(row)
     return table
 

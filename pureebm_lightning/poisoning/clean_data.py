@@ -5,12 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import Tensor
 
-from pureebm_lightning.purification.purifier import to_signed_unit
-from pureebm_lightning.purification.sources import PoisonedDataError, hwc_to_chw, open_source
+from pureebm_lightning.purification.purifier import to_signed_unit, to_uint8
+from pureebm_lightning.purification.sources import PoisonedDataError, open_source
 
 
 @dataclass
@@ -53,7 +52,7 @@ def _digits(image_size: int) -> tuple[Split, Split, list[str]]:
     from pureebm_lightning.data.digits import digits_images
 
     x, y = digits_images(image_size)
-    images = ((x + 1) * 127.5).round().to(torch.uint8)
+    images = to_uint8(x)
     order = torch.randperm(len(y), generator=torch.Generator().manual_seed(0))
     n_test = int(len(order) * 0.2)
     test, train = order[:n_test].sort().values, order[n_test:].sort().values
@@ -63,16 +62,16 @@ def _digits(image_size: int) -> tuple[Split, Split, list[str]]:
 def _cifar10(root: Path) -> tuple[Split, Split, list[str]]:
     from torchvision.datasets import CIFAR10
 
-    def split(train: bool) -> Split:
+    def split(train: bool) -> tuple[Split, list[str]]:
         ds = CIFAR10(str(root), train=train, download=False)
         images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
-        return Split(images, torch.as_tensor(ds.targets), torch.arange(len(ds.targets)))
+        return Split(images, torch.as_tensor(ds.targets), torch.arange(len(ds.targets))), ds.classes
 
     try:
-        train, test = split(True), split(False)
+        (train, _), (test, classes) = split(True), split(False)
     except RuntimeError as err:
         raise PoisonedDataError(f"CIFAR-10 under {root} is incomplete or corrupted ({err})") from err
-    return train, test, CIFAR10(str(root), train=False, download=False).classes
+    return train, test, classes
 
 
 def _folder_split(folder: Path) -> tuple[Split, list[str]]:
@@ -139,14 +138,3 @@ def load_clean_data(data: str, holdout: float = 0.2, split_seed: int = 0, image_
     n_pool = int(round(len(order) * holdout))
     pool, keep = order[:n_pool].sort().values, order[n_pool:].sort().values
     return CleanData(train.subset(keep), test, train.subset(pool), classes, source)
-
-
-def as_hwc(image: Tensor) -> np.ndarray:
-    """A (C, H, W) uint8 tensor as an (H, W) or (H, W, 3) array for PIL."""
-    arr = image.permute(1, 2, 0).numpy()
-    return arr[:, :, 0] if arr.shape[2] == 1 else arr
-
-
-def from_hwc(arr: np.ndarray) -> Tensor:
-    """An (H, W) or (H, W, C) uint8 array as a (C, H, W) tensor."""
-    return hwc_to_chw(np.asarray(arr, dtype=np.uint8))

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 
 from pureebm_lightning.poisoning.budget import choose_rows, poison_count
 from pureebm_lightning.poisoning.clean_data import CleanData, Split, signed
-from pureebm_lightning.poisoning.narcissus import quantise
+from pureebm_lightning.poisoning.narcissus import add_steps, dequantise, quantise
 from pureebm_lightning.poisoning.poisoned_folder import Poisoning, Target
 from pureebm_lightning.poisoning.surrogate import crop_padding, random_shift, train_surrogate
 from pureebm_lightning.purification.sources import PoisonedDataError
@@ -87,12 +87,12 @@ def craft(objective: GradientMatching, x: Tensor, y: Tensor, epsilon: int, steps
     device = objective.params[0].device
     x, y, bound = x.to(device), y.to(device), 2 * epsilon / 255
     generator = torch.Generator().manual_seed(seed)
-    histories, finals, best = [], [], None
+    histories, finals, best, best_final = [], [], None, float("inf")
+    drops = [int(steps * f) for f in (3 / 8, 5 / 8, 7 / 8)]
     bar = tqdm(total=restarts * steps, desc="Gradient matching", disable=not progress, leave=False)
     for _ in range(restarts):
         delta = ((torch.rand(x.shape, generator=generator) * 2 - 1) * bound).to(device).requires_grad_(True)
         optimizer = torch.optim.Adam([delta], lr=2 * step_size / 255)
-        drops = [int(steps * f) for f in (3 / 8, 5 / 8, 7 / 8)]
         scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, drops, 0.1)
         history = []
         for _ in range(steps):
@@ -108,11 +108,11 @@ def craft(objective: GradientMatching, x: Tensor, y: Tensor, epsilon: int, steps
             history.append(loss.item())
             bar.update()
         steps_255 = quantise(delta.detach().cpu(), epsilon)
-        final = objective(((x.cpu() + steps_255.float() / 127.5).clamp(-1, 1)).to(device), y, create_graph=False).item()
+        final = objective(((x.cpu() + dequantise(steps_255)).clamp(-1, 1)).to(device), y, create_graph=False).item()
         histories.append(history)
         finals.append(final)
-        if best is None or final < min(finals[:-1]):
-            best = steps_255
+        if best is None or final < best_final:  # strict: ties go to the first restart
+            best, best_final = steps_255, final
     bar.close()
     return best, histories, finals
 
@@ -137,7 +137,7 @@ def gradient_matching(clean: CleanData, budget: float = 0.01, epsilon: int = 8, 
                                          seed=seed, progress=progress)
     start = objective(x.to(objective.params[0].device), y.to(objective.params[0].device), create_graph=False).item()
     images = train.images.clone()
-    images[rows] = (images[rows].int() + steps_255.int()).clamp(0, 255).to(torch.uint8)
+    images[rows] = add_steps(images[rows], steps_255)
     keep = torch.arange(len(clean.test)) != row
     target = Target(clean.test.images[row], int(clean.test.ids[row]), int(clean.test.labels[row]), intended_class)
     best = min(range(len(finals)), key=finals.__getitem__)

@@ -21,9 +21,9 @@ import torch
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from pureebm_lightning.poisoning.clean_data import Split, from_hwc
-from pureebm_lightning.poisoning.poisoned_folder import Poisoning, Target
-from pureebm_lightning.purification.sources import NUMPY_DATA, NUMPY_LABELS, PoisonedDataError, read_image
+from pureebm_lightning.poisoning.clean_data import Split
+from pureebm_lightning.poisoning.poisoned_folder import Poisoning, Target, measure
+from pureebm_lightning.purification.sources import NUMPY_DATA, NUMPY_LABELS, PoisonedDataError, hwc_to_chw, read_image
 
 
 def read_indexed_folder(folder: Path, mode: str) -> tuple[Split, list[str]]:
@@ -91,7 +91,7 @@ def import_witches_brew(source: Path, clean_train: Split | None, clean_test: Spl
         labels = torch.as_tensor(np.load(source / NUMPY_LABELS, allow_pickle=False).astype(np.int64)).ravel()
         if len(labels) != len(data) or labels.min() < 0 or labels.max() >= len(classes or []):
             raise PoisonedDataError(f"{source / NUMPY_LABELS}: expected {len(data)} labels in 0..{len(classes or []) - 1}")
-        images = torch.stack([from_hwc(a) for a in data.astype(np.uint8)])
+        images = torch.stack([hwc_to_chw(a) for a in data.astype(np.uint8)])
         if len(images) != len(clean_train) or images.shape[1:] != clean_train.images.shape[1:]:
             raise PoisonedDataError(f"{source / NUMPY_DATA}: {len(images)} images of shape {tuple(images.shape[1:])}, the clean "
                                     f"training set has {len(clean_train)} of {tuple(clean_train.images.shape[1:])}")
@@ -125,7 +125,7 @@ def import_witches_brew(source: Path, clean_train: Split | None, clean_test: Spl
             test = _relabel(test, test_found, classes)
             reference = None if clean_train is None else clean_train.subset(_rows_of(clean_train, train.ids, str(source / "train")))
     if not limited:  # every image was exported: the poisons are those that differ from the clean ones
-        poison_ids = None if reference is None else train.ids[(train.images != reference.images).flatten(1).any(1)].tolist()
+        poison_ids = None if reference is None else measure(train, reference)["changed_pixels_ids"]
     target_split, target_found = read_indexed_folder(target_dir, mode)
     _check_classes(target_found, classes, target_dir)
     target_split = _relabel(target_split, target_found, classes)
@@ -228,12 +228,12 @@ def import_just_how_toxic(source: Path, clean_train: Split, clean_test: Split, m
         raise PoisonedDataError(f"{source}: {len(poisons)} poisons but {len(base)} base indices")
     rows = _rows_of(clean_train, base, str(source / "base_indices.pickle"))
     images, labels = clean_train.images.clone(), clean_train.labels.clone()
-    stacked = torch.stack([from_hwc(np.array(img.convert(mode))) for img, _ in poisons])
+    stacked = torch.stack([hwc_to_chw(np.array(img.convert(mode))) for img, _ in poisons])
     _check_shape(Split(stacked, labels[rows], base), clean_train, source / "poisons.pickle")
     images[rows] = stacked
     labels[rows] = torch.as_tensor([int(label) for _, label in poisons])
     intended = Counter(int(label) for _, label in poisons).most_common(1)[0][0]
-    target = Target(from_hwc(np.array(target_image.convert(mode))), None, int(target_label), intended)
+    target = Target(hwc_to_chw(np.array(target_image.convert(mode))), None, int(target_label), intended)
     return Poisoning(attack="just_how_toxic", kind="targeted", train=Split(images, labels, clean_train.ids),
                      test=clean_test, poison_ids=base.tolist(), clean_label=bool((labels == clean_train.labels).all()),
                      targets=[target],

@@ -32,6 +32,16 @@ def quantise(trigger: Tensor, epsilon: int | None = None) -> Tensor:
     return steps.to(torch.int16)
 
 
+def dequantise(steps: Tensor) -> Tensor:
+    """Whole 1/255 pixel steps back in the [-1, 1] image space."""
+    return steps.float() / 127.5
+
+
+def add_steps(images: Tensor, steps: Tensor) -> Tensor:
+    """uint8 ``images`` plus int pixel ``steps``, clipped to 0..255."""
+    return (images.int() + steps.int()).clamp(0, 255).to(torch.uint8)
+
+
 @torch.enable_grad()
 def optimise_trigger(model: torch.nn.Module, images: Tensor, target_class: int, epsilon: int, steps: int = 500,
                      lr: float = 0.01, batch_size: int = 64, max_shift: int | None = None, hflip: bool = False,
@@ -79,7 +89,7 @@ def add_trigger(clean: CleanData, target_class: int, budget: float, trigger_step
     rows = choose_rows(train.labels, poison_count(budget, len(train)), torch.Generator().manual_seed(seed),
                        of_class=target_class)
     images = train.images.clone()
-    images[rows] = (images[rows].int() + trigger_steps.int().reshape(clean.shape)).clamp(0, 255).to(torch.uint8)
+    images[rows] = add_steps(images[rows], trigger_steps.reshape(clean.shape))
     return Split(images, train.labels.clone(), train.ids), train.ids[rows].tolist()
 
 
@@ -97,9 +107,8 @@ def narcissus(clean: CleanData, target_class: int, budget: float = 0.01, epsilon
     if len(clean.pool) == 0:
         raise PoisonedDataError("Narcissus trains its surrogate on the attacker's own data: set --holdout > 0 or pass --attacker_data")
     choose_rows(train.labels, poison_count(budget, len(train)), torch.Generator(), of_class=target_class)  # the budget fits: fail now, not after training
-    known = Split(torch.cat([clean.pool.images[clean.pool.labels == target_class], train.images[train.labels == target_class]]),
-                  torch.cat([clean.pool.labels[clean.pool.labels == target_class], train.labels[train.labels == target_class]]),
-                  torch.cat([clean.pool.ids[clean.pool.labels == target_class], train.ids[train.labels == target_class]]))
+    mine = [split.subset(split.labels == target_class) for split in (clean.pool, train)]
+    known = Split(*(torch.cat(parts) for parts in zip(*((s.images, s.labels, s.ids) for s in mine))))
     model = train_surrogate(clean.pool, len(clean.classes), surrogate_epochs, seed, arch, accelerator, hflip, progress)
     if warmup_epochs > 0:
         model.optimizer_factory, model.scheduler_factory = (lambda p: torch.optim.RAdam(p, lr=warmup_lr)), None
@@ -107,7 +116,7 @@ def narcissus(clean: CleanData, target_class: int, budget: float = 0.01, epsilon
     x = signed(known.images)
     trigger, history = optimise_trigger(model, x, target_class, epsilon, steps, lr, hflip=hflip, seed=seed, progress=progress)
     trigger_steps = quantise(trigger, epsilon)
-    stored = trigger_steps.float() / 127.5
+    stored = dequantise(trigger_steps)
     start, end = target_loss(model, x, target_class, torch.zeros_like(stored)), target_loss(model, x, target_class, stored)
     poisoned, poison_ids = add_trigger(clean, target_class, budget, trigger_steps, seed)
     window = max(1, len(history) // 10)
@@ -142,7 +151,7 @@ def apply_narcissus_trigger(clean: CleanData, trigger: Tensor, target_class: int
     epsilon = int(trigger_steps.abs().max())
     return Poisoning(
         attack="narcissus", kind="triggered", train=train, test=clean.test, poison_ids=poison_ids, clean_label=True,
-        target_class=target_class, trigger=(trigger_steps.float() / 127.5).reshape(1, *clean.shape),
+        target_class=target_class, trigger=dequantise(trigger_steps).reshape(1, *clean.shape),
         trigger_spec={"mode": "additive", "magnification": magnification},
         record={"budget": budget, "epsilon_255": epsilon, "imported": True,
                 "rounding_255": float((trigger.float() * 127.5 - trigger_steps.float()).abs().max())},

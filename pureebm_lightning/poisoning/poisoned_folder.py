@@ -14,13 +14,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from torch import Tensor
 
 from pureebm_lightning import __version__
 from pureebm_lightning.poison_spec import POISON_SPEC
-from pureebm_lightning.poisoning.clean_data import Split, as_hwc
-from pureebm_lightning.purification.sources import PoisonedDataError
+from pureebm_lightning.poisoning.clean_data import Split
+from pureebm_lightning.purification.sources import PoisonedDataError, chw_to_pil
 
 TRIGGER_FILE = "trigger.npy"
 
@@ -84,7 +83,7 @@ def _write_split(folder: Path, split: Split, classes: list[str]) -> None:
     for label in set(split.labels.tolist()):  # only classes with images: ImageFolder refuses empty class folders
         (folder / classes[label]).mkdir(parents=True, exist_ok=True)
     for image, label, i in zip(split.images, split.labels.tolist(), split.ids.tolist()):
-        Image.fromarray(as_hwc(image)).save(folder / classes[label] / f"{i}.png")
+        chw_to_pil(image).save(folder / classes[label] / f"{i}.png")
 
 
 def check_out(out: str | Path, overwrite: bool) -> Path:
@@ -161,7 +160,7 @@ def _write(partial: Path, result: Poisoning, classes: list[str], clean_train: Sp
         for k, t in enumerate(result.targets):
             file = Path("targets") / classes[t.intended_class] / (f"{t.id}.png" if t.id is not None else f"target{k}.png")
             (partial / file).parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(as_hwc(t.image)).save(partial / file)
+            chw_to_pil(t.image).save(partial / file)
             spec["targets"].append({"file": str(file), "id": t.id, "true_class": t.true_class,
                                     "intended_class": t.intended_class})
     n_train = len(result.train)

@@ -10,6 +10,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from pureebm_lightning.purification.sources import hwc_to_pil
+
 
 class JPEGPurifier:
     """Replaces each uint8 image by its JPEG round trip at ``quality`` (the paper's JPEG baseline).
@@ -38,7 +40,7 @@ class JPEGPurifier:
         for image in images.cpu().permute(0, 2, 3, 1).numpy():
             grey = image.shape[2] == 1
             buffer = io.BytesIO()
-            Image.fromarray(image[:, :, 0] if grey else image, "L" if grey else "RGB").save(buffer, "JPEG", quality=self.quality)
+            hwc_to_pil(image).save(buffer, "JPEG", quality=self.quality)
             decoded = np.array(Image.open(buffer))
             out.append(decoded[:, :, None] if grey else decoded)
         return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).contiguous().to(images.device)

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from pureebm_lightning import __version__
-from pureebm_lightning.purification.sources import NUMPY_DATA, NUMPY_LABELS, PoisonedSource, blocks, hwc_to_chw, read_image
+from pureebm_lightning.purification.sources import NUMPY_DATA, NUMPY_LABELS, PoisonedSource, blocks, hwc_to_chw, hwc_to_pil, read_image
 
 if TYPE_CHECKING:
     from lightning.pytorch.strategies import Strategy
@@ -130,8 +130,7 @@ class PurifiedStore:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
             fmt = _PIL_FORMATS.get(path.suffix.lower(), "PNG")
-            img = Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr, self.source.mode)
-            img.save(tmp, format=fmt, **_LOSSLESS_AS_POSSIBLE.get(fmt, {}))
+            hwc_to_pil(arr).save(tmp, format=fmt, **_LOSSLESS_AS_POSSIBLE.get(fmt, {}))
             os.replace(tmp, path)
 
     def finish(self) -> None:

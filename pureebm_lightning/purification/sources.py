@@ -28,6 +28,16 @@ def hwc_to_chw(arr: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
 
 
+def hwc_to_pil(arr: np.ndarray) -> Image.Image:
+    """An (H, W, 1) or (H, W, 3) uint8 array as a grey ("L") or RGB PIL image."""
+    return Image.fromarray(arr[:, :, 0], "L") if arr.shape[2] == 1 else Image.fromarray(arr, "RGB")
+
+
+def chw_to_pil(image: torch.Tensor) -> Image.Image:
+    """A (C, H, W) uint8 tensor as a grey or RGB PIL image."""
+    return hwc_to_pil(image.permute(1, 2, 0).cpu().numpy())
+
+
 def read_image(path: Path, mode: str) -> torch.Tensor:
     """The image file at ``path`` in PIL ``mode`` ("L" or "RGB") as a (C, H, W) uint8 tensor."""
     try:
