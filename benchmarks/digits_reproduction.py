@@ -1,0 +1,453 @@
+"""The paper's claim on digits, end to end with one command: attacks, defenses, victims, results.md and plots.
+
+    python benchmarks/digits_reproduction.py --out runs/reproduction      # about 40 minutes on 2 CPU cores
+    python benchmarks/digits_reproduction.py --out /tmp/repro --quick     # about 3 minutes: the pipeline, not the science
+
+METHOD.md's protocol, scaled to scikit-learn's digits and two CPU cores (every scale-down is a flag):
+1. Split: the classifier's 359 test images; of the other 1,438, 20 % (288) are held out (`pureebm poison
+   --holdout 0.2`, the same draw for every attack) and 1,150 are the victim's training split.
+2. EBMs (configs/ebm_digits.yaml): "clean" trains on the 288 held-out images, disjoint from the victim's;
+   "poisoned" trains on one attack's poisoned victim split itself (default: Blended, first target class).
+3. Attacks (`pureebm poison`): BadNets, Blended and Narcissus once per target class; Gradient Matching once per
+   target (distinct test images, intended class drawn), each with its own poisons and victim.
+4. Defenses of the training set: none; JPEG; PureEBM at every T of the sweep. PureEBM runs one chain per
+   distinct image (an image shared by several sets is purified once) and keeps a snapshot at each T: the
+   same Psi_T as `pureebm purify --steps T` (the sampler, eps, tau, clamp and 8-bit rounding of Purifier).
+5. Victims: the digits classifier recipe (configs/classifier_digits.yaml) trained on each defended set; natural
+   accuracy, target-class accuracy, poison success, and its floor (the attack on a model trained on the clean
+   split: no training-set defense can remove it).
+6. Writes results.md (tables in the paper's shape, mean and spread over target classes), results.json,
+   results.csv, sweep.png, chain_curves.png and pairs.png into --out.
+
+An interrupted run resumes: poisoned folders, EBM checkpoints, purified images and every victim's result are
+kept under --out and reused by the same command (`--fresh` starts over).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from attack_success import ROOT, poison, working_dir  # noqa: E402
+
+from lightning.pytorch.utilities import disable_possible_user_warnings  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from pureebm_lightning.cli import make_cli  # noqa: E402
+from pureebm_lightning.data.poisoned_set import PoisonedSetDataModule  # noqa: E402
+from pureebm_lightning.poison_spec import apply_trigger  # noqa: E402
+from pureebm_lightning.poisoning.clean_data import load_clean_data  # noqa: E402
+from pureebm_lightning.purification.jpeg_purifier import JPEGPurifier  # noqa: E402
+from pureebm_lightning.purification.purifier import Purifier, to_signed_unit, to_uint8  # noqa: E402
+from pureebm_lightning.purification.sources import NUMPY_DATA, NUMPY_LABELS, chw_to_pil, open_source  # noqa: E402
+
+CONFIGS = ROOT / "configs"
+TRIGGERED = ("badnets", "blended", "narcissus")
+
+
+# ----------------------------------------------------------------------------------------------- settings
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=Path("runs/reproduction"))
+    p.add_argument("--quick", action="store_true", help="one target class, tiny EBMs, T in {0, 10, 20}, 2 GM targets, "
+                   "5-epoch victims: checks the pipeline in a few minutes; its numbers say nothing about the method")
+    p.add_argument("--fresh", action="store_true", help="delete --out first instead of resuming")
+    p.add_argument("--target_classes", type=int, nargs="+", default=[0, 3, 7],
+                   help="one scenario per class for each triggered attack (poison seed = position, victim seed 100 + position)")
+    p.add_argument("--badnets_budget", type=float, default=0.01)
+    p.add_argument("--blended_budget", type=float, default=0.01)
+    p.add_argument("--narcissus_budget", type=float, default=0.1, help="0.1 = every target-class image on digits")
+    p.add_argument("--narcissus_epsilon", type=int, default=16)
+    p.add_argument("--narcissus_steps", type=int, default=2000)
+    p.add_argument("--narcissus_lr", type=float, default=0.05)
+    p.add_argument("--gm_targets", type=int, default=30, help="Gradient Matching scenarios (one target test image each)")
+    p.add_argument("--gm_budget", type=float, default=0.01)
+    p.add_argument("--gm_epsilon", type=int, default=16)
+    p.add_argument("--gm_steps", type=int, default=240)
+    p.add_argument("--gm_restarts", type=int, default=1)
+    p.add_argument("--surrogate_epochs", type=int, default=30, help="epochs of each attacker's surrogate (Narcissus, GM)")
+    p.add_argument("--gm_defenses", choices=["auto", "always"], default="auto",
+                   help="auto: JPEG and PureEBM victims for Gradient Matching only when it succeeds on some target undefended")
+    p.add_argument("--sweep", type=int, nargs="+", default=[0, 25, 50, 100, 150, 300, 1000], help="PureEBM steps T")
+    p.add_argument("--T", type=int, default=150, help="the T of the main table (must be in --sweep)")
+    p.add_argument("--sweep_scenarios", type=int, default=None,
+                   help="victims for T off the main table on this many target classes only (default: all)")
+    p.add_argument("--curve_every", type=int, default=25, help="energy and L2 recorded every this many steps")
+    p.add_argument("--ebm_steps", type=int, default=400, help="training iterations of each EBM (batch 64, K = 100)")
+    p.add_argument("--poisoned_ebm_attack", choices=TRIGGERED, default="blended")
+    p.add_argument("--jpeg_quality", type=int, default=75)
+    p.add_argument("--victim_epochs", type=int, default=30, help="digits recipe: 30 (learning rate x0.1 at 2/3 and 13/15)")
+    p.add_argument("--batch_size", type=int, default=256, help="images per purification batch")
+    args = p.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    if args.quick:
+        args.target_classes, args.badnets_budget, args.blended_budget = args.target_classes[:1], 0.1, 0.1
+        args.narcissus_steps, args.gm_targets, args.gm_steps, args.gm_defenses = 100, 2, 20, "always"
+        args.surrogate_epochs = 5
+        args.sweep, args.T, args.curve_every, args.ebm_steps, args.victim_epochs = [0, 10, 20], 10, 5, 12, 5
+    if args.T not in args.sweep:
+        p.error(f"--T {args.T} must be one of --sweep {args.sweep}")
+    args.sweep = sorted(set(args.sweep))
+    return args
+
+
+# ----------------------------------------------------------------------------------------------- images
+def load_set(folder: Path) -> tuple[torch.Tensor, list[int], list[str]]:
+    """A training set's uint8 images (N, C, H, W), labels and ids (file stems)."""
+    source = open_source(folder)
+    images = torch.stack([source.load(i) for i in range(len(source))])
+    return images, source.labels, [Path(k).stem for k in source.keys]
+
+
+class DistinctImages:
+    """Every distinct image of all sets once, so that an image shared by several sets is purified once."""
+
+    def __init__(self) -> None:
+        self.rows: dict[bytes, int] = {}
+        self.images: list[torch.Tensor] = []
+        self.originals: list[torch.Tensor] = []  # the clean image with the same id (itself when unpoisoned)
+
+    def add(self, images: torch.Tensor, originals: torch.Tensor) -> list[int]:
+        out = []
+        for image, original in zip(images, originals):
+            key = image.numpy().tobytes()
+            if key not in self.rows:
+                self.rows[key] = len(self.images)
+                self.images.append(image)
+                self.originals.append(original)
+            out.append(self.rows[key])
+        return out
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def purify_distinct(purifier: Purifier, images: torch.Tensor, originals: torch.Tensor, snapshots: list[int],
+                    curve: list[int], batch_size: int, label: str) -> dict:
+    """Psi_T of every image for each T in ``snapshots`` (uint8), and per image the energy, the L2 distance from
+    the start and from the clean original at each step of ``curve`` (the paper's Figure 3, per image)."""
+    points = sorted(set(snapshots) | set(curve))
+    out = {"snapshots": {t: torch.empty_like(images) for t in snapshots}, "curve": curve,
+           "energy": torch.empty(len(images), len(curve)), "l2_start": torch.empty(len(images), len(curve)),
+           "l2_clean": torch.empty(len(images), len(curve))}
+    bar = tqdm(total=len(images), desc=f"purify {label} (T up to {points[-1]})", unit="img", dynamic_ncols=True)
+    for first in range(0, len(images), batch_size):
+        rows = slice(first, first + batch_size)
+        x0, clean = to_signed_unit(images[rows]), to_signed_unit(originals[rows])
+        generator, x, done = purifier.generator(x0.device, first), x0, 0
+        for point in points:
+            if point > done:
+                x, done = purifier.sampler.sample(purifier.energy_net, x, point - done, generator=generator).samples, point
+            if point in out["snapshots"]:
+                out["snapshots"][point][rows] = to_uint8(x.clone())
+            if point in curve:
+                k = curve.index(point)
+                with torch.no_grad():
+                    out["energy"][rows, k] = purifier.energy_net(x).float()
+                out["l2_start"][rows, k] = (x - x0).flatten(1).norm(dim=1)
+                out["l2_clean"][rows, k] = (x - clean).flatten(1).norm(dim=1)
+        bar.update(len(x0))
+    bar.close()
+    return out
+
+
+def jpeg_distinct(images: torch.Tensor, quality: int) -> torch.Tensor:
+    return torch.cat([JPEGPurifier(quality)(images[i : i + 512]) for i in range(0, len(images), 512)])
+
+
+def write_defended(folder: Path, images: torch.Tensor, labels: list[int], dest: Path) -> Path:
+    """``folder``'s training set replaced by ``images`` as a NumPy pair, its test/, targets/, trigger and
+    poison.json beside it (linked), the layout `pureebm purify` writes for NumPy sets."""
+    if (dest / NUMPY_LABELS).is_file():
+        return dest
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    array = images.permute(0, 2, 3, 1).numpy()
+    np.save(tmp / NUMPY_DATA, array[..., 0] if array.shape[-1] == 1 else array)
+    for entry in open_source(folder).other_entries:
+        (tmp / entry).symlink_to((folder / entry).resolve())
+    np.save(tmp / NUMPY_LABELS, np.asarray(labels, dtype=np.int64))  # last: its presence marks a finished set
+    tmp.rename(dest)
+    return dest
+
+
+# ----------------------------------------------------------------------------------------------- training
+def train_ebm(name: str, root: Path, out: Path, steps: int, images: int) -> Path:
+    """configs/ebm_digits.yaml on the images under ``root/train`` for ``steps`` iterations; its last checkpoint."""
+    workdir = out / "ebm" / name
+    ckpt = workdir / "runs/ebm_digits/checkpoints/last.ckpt"
+    if (workdir / "done").is_file():
+        return ckpt
+    epochs = max(1, math.ceil(steps / (images // 64)))
+    milestones = [max(1, round(0.75 * epochs)), max(1, round(0.9 * epochs))]
+    print(f"EBM {name}: {images} images, {epochs} epochs ({steps} iterations of batch 64)", flush=True)
+    with working_dir(workdir):
+        cli = make_cli(["--config", str(CONFIGS / "ebm_digits.yaml"), "--data", "pureebm_lightning.data.ImageFolderDataModule",
+                        "--data.root", str(root), "--data.grayscale", "true", "--data.batch_size", "64",
+                        "--data.num_workers", "0", f"--trainer.max_epochs={epochs}", f"--trainer.max_steps={steps}",
+                        f"--model.init_args.lr_scheduler.init_args.milestones={milestones}",
+                        "--trainer.enable_model_summary=false"], run=False)
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path="last" if ckpt.is_file() else None)
+    (workdir / "done").write_text(f"{cli.trainer.global_step} iterations\n")
+    return ckpt
+
+
+def train_victim(folder: Path, workdir: Path, seed: int, epochs: int):
+    """The digits classifier recipe on ``folder`` (no per-epoch validation: the test split is only used at the end)."""
+    milestones = [max(1, round(epochs * 20 / 30)), max(1, round(epochs * 26 / 30))]
+    with working_dir(workdir):
+        cli = make_cli(["--config", str(CONFIGS / "classifier_digits.yaml"), "--config", str(CONFIGS / "data/digits_poisoned.yaml"),
+                        f"--data.init_args.data={folder}", f"--seed_everything={seed}", f"--trainer.max_epochs={epochs}",
+                        f"--model.init_args.lr_scheduler.init_args.milestones={milestones}", "--trainer.limit_val_batches=0",
+                        "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", "--trainer.logger=false"],
+                       run=False)
+        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    return cli.model.eval()
+
+
+def predict(model, x: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.cat([model(x[i : i + 512]).argmax(1) for i in range(0, len(x), 512)])
+
+
+def evaluate(model, folder: Path, spec_folder: Path | None = None, magnifications: tuple[float, ...] = (1.0,)) -> dict:
+    """Natural accuracy, target-class accuracy and poison success (per magnification) of ``model``; the attack is
+    ``spec_folder``'s (a clean-trained model tested against an attack gives the floor)."""
+    dm = PoisonedSetDataModule(str(folder), crop_padding=0, hflip=False,
+                               poison_spec=str(spec_folder / "poison.json") if spec_folder else None)
+    dm.setup("test")
+    images, labels = (torch.stack([dm.test_set[i][0] for i in range(len(dm.test_set))]),
+                      torch.tensor([dm.test_set[i][1] for i in range(len(dm.test_set))]))
+    right = predict(model, to_signed_unit(images)) == labels
+    result = {"natural": right.float().mean().item()}
+    spec = dm.poison
+    if spec is None:
+        return result
+    poisoned = torch.stack([dm.poison_test_set[i][0] for i in range(len(dm.poison_test_set))])
+    wanted = torch.tensor([dm.poison_test_set[i][1] for i in range(len(dm.poison_test_set))])
+    if spec.kind == "triggered":
+        result["target_class_accuracy"] = right[labels == spec.target_class].float().mean().item()
+        t = spec.trigger
+        for m in magnifications:
+            x = apply_trigger(to_signed_unit(poisoned), dm.trigger, t["mode"], m, float(t.get("alpha", 0.2)), tuple(t.get("position", (0, 0))))
+            result[f"success_x{m:g}"] = (predict(model, x) == wanted).float().mean().item()
+    else:
+        x = to_signed_unit(poisoned)
+        result["success_x1"] = (predict(model, x) == wanted).float().mean().item()
+        with torch.no_grad():
+            result["p_intended"] = torch.softmax(model(x), 1)[0, wanted[0]].item()
+    return result
+
+
+class Victims:
+    """Victims by key: each result is appended to victims.jsonl as it is measured and each model kept in its own
+    folder, so a rerun skips finished ones."""
+
+    def __init__(self, out: Path, epochs: int) -> None:
+        self.path, self.epochs, self.out = out / "victims.jsonl", epochs, out
+        self.done = {}
+        if self.path.is_file():
+            for line in self.path.read_text().splitlines():
+                row = json.loads(line)
+                self.done[row["key"]] = row
+
+    def model(self, key: str, folder: Path, seed: int):
+        """The victim trained on ``folder`` with ``seed``: loaded if a previous run finished it."""
+        from pureebm_lightning.classifier_module import ClassifierModule
+
+        workdir = self.out / "victims" / hashlib.sha1(f"{key}|seed{seed}|epochs{self.epochs}".encode()).hexdigest()[:10]
+        ckpt = workdir / "runs/classifier_digits_poisoned/checkpoints/last.ckpt"
+        if (workdir / "done").is_file():
+            return ClassifierModule.load_from_checkpoint(ckpt, map_location="cpu").eval()
+        shutil.rmtree(workdir, ignore_errors=True)
+        model = train_victim(folder, workdir, seed, self.epochs)
+        (workdir / "done").write_text(f"{key} seed {seed}\n")
+        return model
+
+    def run(self, key: str, folder: Path, seed: int, evaluate_with, **facts) -> dict:
+        full = f"{key}|seed{seed}|epochs{self.epochs}"
+        if full not in self.done:
+            start = time.time()
+            model = self.model(key, folder, seed)
+            row = {"key": full, **facts, "victim_seed": seed, **evaluate_with(model), "seconds": round(time.time() - start, 1)}
+            with open(self.path, "a") as f:
+                f.write(json.dumps(row) + "\n")
+            self.done[full] = row
+            print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items() if k != "key"), flush=True)
+        return self.done[full]
+
+
+# ----------------------------------------------------------------------------------------------- the run
+def run(args: argparse.Namespace) -> dict:
+    out = args.out.resolve()
+    if args.fresh:
+        shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    t0, timings = time.time(), {}
+
+    def lap(name: str) -> None:
+        timings[name] = round(time.time() - t0 - sum(timings.values()), 1)
+
+    # 1. split and poisons
+    clean_folder, clean_spec = poison(out / "data", "clean", "--attack", "none")
+    holdout = out / "data" / "ebm_holdout"
+    if not (holdout / "done").is_file():
+        pool = load_clean_data("digits", clean_spec["holdout"], clean_spec["split_seed"], 16).pool
+        for image, label, index in zip(pool.images, pool.labels, pool.ids):
+            (holdout / "train" / str(int(label))).mkdir(parents=True, exist_ok=True)
+            chw_to_pil(image).save(holdout / "train" / str(int(label)) / f"{int(index)}.png")
+        (holdout / "done").write_text("")
+    holdout_count = len(clean_spec["holdout_ids"])
+    scenarios = []  # (attack, k, folder, spec)
+    flags = {"badnets": ["--budget", str(args.badnets_budget)], "blended": ["--budget", str(args.blended_budget)],
+             "narcissus": ["--budget", str(args.narcissus_budget), "--epsilon", str(args.narcissus_epsilon),
+                           "--steps", str(args.narcissus_steps), "--lr", str(args.narcissus_lr), "--surrogate_epochs", str(args.surrogate_epochs)]}
+    for attack in TRIGGERED:
+        for k, target in enumerate(args.target_classes):
+            folder, spec = poison(out / "data", f"{attack}_c{target}", "--attack", attack, "--target_class", str(target),
+                                  "--seed", str(k), *flags[attack])
+            scenarios.append((attack, k, folder, spec))
+    test_source = open_source(clean_folder / "test")
+    test_ids = [int(Path(key).stem) for key in test_source.keys]
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(test_ids))
+    for j in range(args.gm_targets):
+        i = int(order[j])
+        intended = (test_source.labels[i] + 1 + int(rng.integers(9))) % 10
+        folder, spec = poison(out / "data", f"gradient_matching_t{j}", "--attack", "gradient_matching", "--budget", str(args.gm_budget),
+                              "--epsilon", str(args.gm_epsilon), "--steps", str(args.gm_steps), "--restarts", str(args.gm_restarts),
+                              "--seed", str(j), "--target_id", str(test_ids[i]), "--intended_class", str(intended),
+                              "--surrogate_epochs", str(args.surrogate_epochs))
+        scenarios.append(("gradient_matching", j, folder, spec))
+    lap("poisons")
+
+    # 2. EBMs
+    first_poisoned = next(s for s in scenarios if s[0] == args.poisoned_ebm_attack)
+    clean_ckpt = train_ebm("clean_holdout", holdout, out, args.ebm_steps, holdout_count)
+    poisoned_ckpt = train_ebm(f"poisoned_{args.poisoned_ebm_attack}", first_poisoned[2], out, args.ebm_steps, len(open_source(first_poisoned[2]).keys))
+    lap("ebms")
+
+    # 3. defenses: every distinct training image purified once
+    clean_images, clean_labels, clean_ids = load_set(clean_folder)
+    original_of = dict(zip(clean_ids, clean_images))
+    sets = {"clean": (clean_folder, clean_images, clean_labels, clean_ids)}
+    for attack, k, folder, _ in scenarios:
+        sets[folder.name] = (folder, *load_set(folder))
+    store, rows_of = DistinctImages(), {}
+    for name, (folder, images, labels, ids) in sets.items():
+        if not name.startswith("gradient_matching"):  # GM sets need T only: purified below
+            rows_of[name] = store.add(images, torch.stack([original_of[i] for i in ids]))
+    sweep_store = len(store)
+    for name, (folder, images, labels, ids) in sets.items():
+        if name.startswith("gradient_matching"):
+            rows_of[name] = store.add(images, torch.stack([original_of[i] for i in ids]))
+    all_images, all_originals = torch.stack(store.images), torch.stack(store.originals)
+    cache = out / "purified" / f"clean_ebm_{hashlib.sha1(str((args.sweep, args.curve_every, len(store), args.batch_size)).encode()).hexdigest()[:8]}.pt"
+    if cache.is_file():
+        purified = torch.load(cache, weights_only=True)
+    else:
+        purifier = Purifier.from_checkpoint(clean_ckpt, steps=max(args.sweep), seed=0)
+        curve = list(range(0, max(args.sweep) + 1, args.curve_every))
+        purified = purify_distinct(purifier, all_images[:sweep_store], all_originals[:sweep_store], args.sweep, curve,
+                                   args.batch_size, "sweep sets")
+        rest = purify_distinct(purifier, all_images[sweep_store:], all_originals[sweep_store:], [args.T], [0, args.T],
+                               args.batch_size, "Gradient Matching sets") if len(store) > sweep_store else None
+        purified["jpeg"] = jpeg_distinct(all_images, args.jpeg_quality)
+        purified["gm_T"] = rest["snapshots"][args.T] if rest else torch.empty(0, *all_images.shape[1:], dtype=torch.uint8)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(purified, cache)
+    poisoned_cache = out / "purified" / f"poisoned_ebm_T{args.T}.pt"
+    name0 = first_poisoned[2].name
+    if poisoned_cache.is_file():
+        by_poisoned_ebm = torch.load(poisoned_cache, weights_only=True)
+    else:
+        images0 = sets[name0][1]
+        by_poisoned_ebm = purify_distinct(Purifier.from_checkpoint(poisoned_ckpt, steps=args.T, seed=0), images0,
+                                          torch.stack([original_of[i] for i in sets[name0][3]]), [args.T], [0, args.T],
+                                          args.batch_size, "with the poisoned EBM")["snapshots"][args.T]
+        torch.save(by_poisoned_ebm, poisoned_cache)
+    lap("purification")
+
+    def defended(name: str, defense: str) -> Path:
+        folder, images, labels, ids = sets[name]
+        if defense == "none":
+            return folder
+        rows = torch.tensor(rows_of[name])
+        if defense == "jpeg":
+            new = purified["jpeg"][rows]
+        elif defense == "pureebm_poisoned":
+            new = by_poisoned_ebm
+        elif name.startswith("gradient_matching"):  # its clean images were purified with the sweep sets
+            new = torch.stack([purified["snapshots"][args.T][r] if r < sweep_store else purified["gm_T"][r - sweep_store] for r in rows])
+        else:
+            new = purified["snapshots"][int(defense[1:])][rows]
+        return write_defended(folder, new, labels, out / "defended" / name / defense)
+
+    # 4. victims
+    victims = Victims(out, args.victim_epochs)
+    pure_t = [f"T{t}" for t in args.sweep if t > 0]
+    sweep_k = range(len(args.target_classes) if args.sweep_scenarios is None else args.sweep_scenarios)
+    results = []
+    clean_models = {}
+    for k in range(len(args.target_classes)):  # the floor models: one per victim seed, trained on the clean split
+        results.append(victims.run("clean|none", clean_folder, 100 + k, lambda m: evaluate(m, clean_folder), attack="clean",
+                                   scenario=k, defense="none", T=0))
+        clean_models[k] = victims.model("clean|none", clean_folder, 100 + k)
+    for attack, k, folder, spec in scenarios:
+        seed = 100 + (k if attack != "gradient_matching" else 0)
+        mags = (1.0, 3.0) if attack == "narcissus" else (1.0,)
+        floor_model = clean_models[k if attack != "gradient_matching" else 0]
+        floor = evaluate(floor_model, clean_folder, folder, mags)
+        defenses = ["none"]
+        if attack != "gradient_matching":
+            defenses += ["jpeg"] + [d for d in pure_t if d == f"T{args.T}" or k in sweep_k]
+            if folder.name == name0:
+                defenses.append("pureebm_poisoned")
+        elif args.gm_defenses == "always":
+            defenses += ["jpeg", f"T{args.T}"]
+        for defense in defenses:
+            row = victims.run(f"{folder.name}|{defense}", defended(folder.name, defense), seed,
+                              lambda m: evaluate(m, folder, folder, mags), attack=attack, scenario=k,
+                              target=spec.get("target_class") if attack != "gradient_matching" else spec["targets"][0]["id"],
+                              defense=defense, T=0 if defense in ("none", "jpeg") else (args.T if defense == "pureebm_poisoned" else int(defense[1:])))
+            results.append({**row, **{f"floor_{key}": v for key, v in floor.items()}})
+    if args.gm_defenses == "auto":  # defended Gradient Matching victims only when the attack works undefended
+        gm = [r for r in results if r["attack"] == "gradient_matching"]
+        if any(r["success_x1"] > r["floor_success_x1"] for r in gm):
+            for attack, k, folder, spec in [s for s in scenarios if s[0] == "gradient_matching"]:
+                floor = evaluate(clean_models[0], clean_folder, folder)
+                for defense in ("jpeg", f"T{args.T}"):
+                    row = victims.run(f"{folder.name}|{defense}", defended(folder.name, defense), 100,
+                                      lambda m: evaluate(m, folder, folder), attack=attack, scenario=k,
+                                      target=spec["targets"][0]["id"], defense=defense, T=0 if defense == "jpeg" else args.T)
+                    results.append({**row, **{f"floor_{key}": v for key, v in floor.items()}})
+    lap("victims")
+
+    # 5. report
+    from reproduction_report import write_report  # noqa: E402
+
+    summary = write_report(out, args, results, purified, store, rows_of, sets, sweep_store, by_poisoned_ebm, name0,
+                           {"holdout_images": holdout_count, "victim_images": len(clean_labels), "test_images": len(test_ids),
+                            "distinct_images": len(store), "timings_s": timings, "argv": args.argv})
+    timings["report"] = round(time.time() - t0 - sum(timings.values()), 1)
+    summary["timings_s"] = timings
+    (out / "results.json").write_text(json.dumps(summary, indent=1))
+    print(f"Done in {(time.time() - t0) / 60:.1f} min: {out / 'results.md'}", flush=True)
+    return summary
+
+
+if __name__ == "__main__":
+    disable_possible_user_warnings()
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    run(parse())

@@ -1,0 +1,102 @@
+"""benchmarks/digits_reproduction.py: its pieces (the T sweep is Psi_T, statistics) and its --quick run end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from pureebm_lightning import ConvNetEnergy, LangevinSampler
+from pureebm_lightning.purification import Purifier
+
+from .conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from digits_reproduction import DistinctImages, purify_distinct  # noqa: E402
+from reproduction_report import counts, stats  # noqa: E402
+
+
+def test_sweep_snapshots_are_the_purifications_at_each_T():
+    """One chain with snapshots gives, at each T, exactly what Purifier(steps=T) (`pureebm purify`) gives."""
+    torch.manual_seed(0)
+    net = ConvNetEnergy(in_channels=1, image_size=16, num_filters=8)
+    sampler = LangevinSampler(step_size=0.05, temperature=0.01)
+    images = torch.randint(0, 256, (6, 1, 16, 16), dtype=torch.uint8)
+    out = purify_distinct(Purifier(net, sampler, steps=7, seed=3), images, images, [0, 3, 7], [0, 2, 3, 7], batch_size=4, label="test")
+    assert torch.equal(out["snapshots"][0], images)
+    for t in (3, 7):
+        ref = Purifier(net, sampler, steps=t, seed=3)
+        expected = torch.cat([ref(images[:4], first_index=0), ref(images[4:], first_index=4)])
+        assert torch.equal(out["snapshots"][t], expected)
+    assert not torch.equal(out["snapshots"][7], images)
+    assert out["l2_start"][:, 0].abs().max() == 0 and (out["l2_start"][:, -1] > 0).all()
+    assert torch.allclose(out["l2_start"], out["l2_clean"])  # the originals given are the images themselves
+    with torch.no_grad():
+        assert torch.allclose(out["energy"][:, 0], net(images.float() / 127.5 - 1), atol=1e-5)
+
+
+def test_distinct_images_are_stored_once():
+    store = DistinctImages()
+    a, b = torch.zeros(1, 4, 4, dtype=torch.uint8), torch.ones(1, 4, 4, dtype=torch.uint8)
+    assert store.add(torch.stack([a, b]), torch.stack([a, a])) == [0, 1]
+    assert store.add(torch.stack([b, a, b]), torch.stack([a, a, a])) == [1, 0, 1]
+    assert len(store) == 2 and torch.equal(store.originals[1], a)
+
+
+def test_statistics():
+    s = stats([0.1, 0.3])
+    assert s["mean"] == pytest.approx(0.2) and s["sd"] == pytest.approx(math.sqrt(0.02)) and s["max"] == 0.3 and s["n"] == 2
+    assert stats([0.5])["sd"] == 0 and math.isnan(stats([])["mean"])
+    assert counts([{"success_x1": 1.0}, {"success_x1": 0.0}, {"success_x1": 0.0}]) == "1/3 [6, 79] %"
+    assert counts([]) == "not run"
+
+
+@pytest.mark.slow
+def test_quick_reproduction_writes_its_report_and_resumes(tmp_path):
+    """The --quick run: every file, numbers in range, the protocol's split; a rerun reuses every finished piece."""
+    out = tmp_path / "repro"
+    cmd = [sys.executable, str(ROOT / "benchmarks/digits_reproduction.py"), "--out", str(out), "--quick"]
+    subprocess.run(cmd, check=True, cwd=tmp_path, capture_output=True, text=True)
+    for name in ("results.md", "results.json", "results.csv", "victims.jsonl"):
+        assert (out / name).stat().st_size > 0
+    for name in ("sweep.png", "chain_curves.png", "pairs.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    summary = json.loads((out / "results.json").read_text())
+    facts = summary["facts"]
+    assert (facts["victim_images"], facts["holdout_images"], facts["test_images"]) == (1150, 288, 359)
+
+    # the clean EBM's images are the held-out ones, disjoint from every victim's training split
+    clean_spec = json.loads(next((out / "data").glob("clean-*/poison.json")).read_text())
+    held_out = {int(p.stem) for p in (out / "data/ebm_holdout/train").rglob("*.png")}
+    victim = {int(p.stem) for p in next((out / "data").glob("clean-*")).joinpath("train").rglob("*.png")}
+    assert held_out == set(clean_spec["holdout_ids"]) and len(held_out) == 288 and not held_out & victim
+
+    table = summary["table"]
+    for attack, by_defense in table.items():
+        for defense, entry in by_defense.items():
+            for key in ("natural", "success_x1", "success_x3"):
+                if key in entry and entry[key]["n"]:
+                    assert 0 <= entry[key]["mean"] <= 1, (attack, defense, key)
+    assert summary["clean_natural"]["mean"] > 0.9  # 5-epoch victims on clean digits
+    assert table["badnets"]["none"]["success_x1"]["mean"] >= 0.8  # a 10 % BadNets patch works undefended
+    assert summary["floors"]["badnets"]["success_x1"]["mean"] < 0.2
+    assert table["blended"]["pureebm_poisoned"]["success_x1"]["n"] == 1
+    assert table["gradient_matching"]["none"]["targets"] == 2
+    assert [r["T"] for r in summary["sweep"]["blended"]] == [0, 10, 20]
+    chain = summary["chain"]
+    assert chain["clean images"]["count"] == 1150 and chain["Blended poisons"]["count"] == 115
+    assert chain["clean images"]["l2_clean_0"] == 0 and chain["Blended poisons"]["l2_clean_0"] > 1
+    assert set(summary["checks"]) >= {"badnets_works", "blended_removed", "narcissus_removed", "gm_works", "beats_jpeg", "window"}
+    lines = (out / "victims.jsonl").read_text().splitlines()
+    assert len(lines) == 1 + 3 * 4 + 1 + 2 * 3  # clean, 3 attacks x (none, JPEG, T 10, T 20), poisoned EBM, GM x 3
+
+    # resume: nothing is trained or crafted again, the report is rewritten from what was kept
+    (out / "results.md").unlink()
+    rerun = subprocess.run(cmd, check=True, cwd=tmp_path, capture_output=True, text=True)
+    assert (out / "victims.jsonl").read_text().splitlines() == lines
+    assert "Wrote" not in rerun.stdout and "purify" not in rerun.stderr
+    assert (out / "results.md").is_file()
