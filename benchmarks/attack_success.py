@@ -48,12 +48,12 @@ def working_dir(path: Path):
         os.chdir(old)
 
 
-def train_victim(folder: Path, workdir: Path, seed: int):
-    """The digits classifier recipe trained on ``folder``; returns (model, trainer)."""
+def train_victim(folder: Path, workdir: Path, seed: int, *extra: str):
+    """The digits classifier recipe trained on ``folder`` (``extra``: more flags); returns (model, trainer)."""
     with working_dir(workdir):
         cli = make_cli(["--config", str(CONFIGS / "classifier_digits.yaml"), "--config", str(CONFIGS / "data/digits_poisoned.yaml"),
                         f"--data.init_args.data={folder}", f"--seed_everything={seed}", "--trainer.enable_progress_bar=false",
-                        "--trainer.enable_model_summary=false", "--trainer.logger=false"], run=False)
+                        "--trainer.enable_model_summary=false", "--trainer.logger=false", *extra], run=False)
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)
     return cli.model, cli.trainer
 

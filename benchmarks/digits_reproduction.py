@@ -1,6 +1,6 @@
 """The paper's claim on digits, end to end with one command: attacks, defenses, victims, results.md and plots.
 
-    python benchmarks/digits_reproduction.py --out runs/reproduction      # about 40 minutes on 2 CPU cores
+    python benchmarks/digits_reproduction.py --out runs/reproduction      # about 35 minutes on 2 CPU cores
     python benchmarks/digits_reproduction.py --out /tmp/repro --quick     # about 3 minutes: the pipeline, not the science
 
 METHOD.md's protocol, scaled to scikit-learn's digits and two CPU cores (every scale-down is a flag):
@@ -38,17 +38,16 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from attack_success import ROOT, poison, working_dir  # noqa: E402
+from attack_success import ROOT, poison, train_victim as train_recipe, working_dir  # noqa: E402
 
 from lightning.pytorch.utilities import disable_possible_user_warnings  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from pureebm_lightning.cli import make_cli  # noqa: E402
 from pureebm_lightning.data.poisoned_set import PoisonedSetDataModule  # noqa: E402
-from pureebm_lightning.poison_spec import apply_trigger  # noqa: E402
 from pureebm_lightning.poisoning.clean_data import load_clean_data  # noqa: E402
 from pureebm_lightning.purification.jpeg_purifier import JPEGPurifier  # noqa: E402
-from pureebm_lightning.purification.purifier import Purifier, to_signed_unit, to_uint8  # noqa: E402
+from pureebm_lightning.purification.purifier import Purifier, file_sha256, to_signed_unit, to_uint8  # noqa: E402
 from pureebm_lightning.purification.sources import NUMPY_DATA, NUMPY_LABELS, chw_to_pil, open_source  # noqa: E402
 
 CONFIGS = ROOT / "configs"
@@ -61,9 +60,10 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=Path("runs/reproduction"))
     p.add_argument("--quick", action="store_true", help="one target class, tiny EBMs, T in {0, 10, 20}, 2 GM targets, "
                    "5-epoch victims: checks the pipeline in a few minutes; its numbers say nothing about the method")
-    p.add_argument("--fresh", action="store_true", help="delete --out first instead of resuming")
+    p.add_argument("--fresh", action="store_true", help="delete --out (a folder this script wrote) first instead of resuming")
     p.add_argument("--target_classes", type=int, nargs="+", default=[0, 3, 7],
-                   help="one scenario per class for each triggered attack (poison seed = position, victim seed 100 + position)")
+                   help="one scenario per class for each triggered attack (poison seed = its position in this list, victim "
+                   "seed 100 + position: seed and class vary together)")
     p.add_argument("--badnets_budget", type=float, default=0.01)
     p.add_argument("--blended_budget", type=float, default=0.01)
     p.add_argument("--narcissus_budget", type=float, default=0.1, help="0.1 = every target-class image on digits")
@@ -83,7 +83,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sweep_scenarios", type=int, default=None,
                    help="victims for T off the main table on this many target classes only (default: all)")
     p.add_argument("--curve_every", type=int, default=25, help="energy and L2 recorded every this many steps")
-    p.add_argument("--ebm_steps", type=int, default=400, help="training iterations of each EBM (batch 64, K = 100)")
+    p.add_argument("--ebm_steps", type=int, default=1000, help="training iterations of each EBM (batch 64, K = 100)")
     p.add_argument("--poisoned_ebm_attack", choices=TRIGGERED, default="blended")
     p.add_argument("--jpeg_quality", type=int, default=75)
     p.add_argument("--victim_epochs", type=int, default=30, help="digits recipe: 30 (learning rate x0.1 at 2/3 and 13/15)")
@@ -133,9 +133,12 @@ class DistinctImages:
 
 
 def purify_distinct(purifier: Purifier, images: torch.Tensor, originals: torch.Tensor, snapshots: list[int],
-                    curve: list[int], batch_size: int, label: str) -> dict:
+                    curve: list[int], batch_size: int, label: str, first_index: int = 0) -> dict:
     """Psi_T of every image for each T in ``snapshots`` (uint8), and per image the energy, the L2 distance from
-    the start and from the clean original at each step of ``curve`` (the paper's Figure 3, per image)."""
+    the start and from the clean original at each step of ``curve`` (the paper's Figure 3, per image).
+
+    Noise is seeded per batch by its first row (+ ``first_index``) as in :class:`Purifier`, so each snapshot
+    equals ``Purifier(steps=T)`` on the same batches (tested)."""
     points = sorted(set(snapshots) | set(curve))
     out = {"snapshots": {t: torch.empty_like(images) for t in snapshots}, "curve": curve,
            "energy": torch.empty(len(images), len(curve)), "l2_start": torch.empty(len(images), len(curve)),
@@ -144,7 +147,7 @@ def purify_distinct(purifier: Purifier, images: torch.Tensor, originals: torch.T
     for first in range(0, len(images), batch_size):
         rows = slice(first, first + batch_size)
         x0, clean = to_signed_unit(images[rows]), to_signed_unit(originals[rows])
-        generator, x, done = purifier.generator(x0.device, first), x0, 0
+        generator, x, done = purifier.generator(x0.device, first_index + first), x0, 0
         for point in points:
             if point > done:
                 x, done = purifier.sampler.sample(purifier.energy_net, x, point - done, generator=generator).samples, point
@@ -165,9 +168,18 @@ def jpeg_distinct(images: torch.Tensor, quality: int) -> torch.Tensor:
     return torch.cat([JPEGPurifier(quality)(images[i : i + 512]) for i in range(0, len(images), 512)])
 
 
-def write_defended(folder: Path, images: torch.Tensor, labels: list[int], dest: Path) -> Path:
+def digest(*parts) -> str:
+    """A short hash of settings and tensors: names the caches, so changed settings never reuse old results."""
+    h = hashlib.sha1()
+    for part in parts:
+        h.update(part.numpy().tobytes() if isinstance(part, torch.Tensor) else repr(part).encode())
+    return h.hexdigest()[:10]
+
+
+def write_defended(folder: Path, images: torch.Tensor, labels: list[int], dest: Path, settings: dict) -> Path:
     """``folder``'s training set replaced by ``images`` as a NumPy pair, its test/, targets/, trigger and
-    poison.json beside it (linked), the layout `pureebm purify` writes for NumPy sets."""
+    poison.json beside it (linked), the layout `pureebm purify` reads for NumPy sets; ``settings`` (what made
+    the images) go to defense.json."""
     if (dest / NUMPY_LABELS).is_file():
         return dest
     tmp = dest.with_name(dest.name + ".tmp")
@@ -177,6 +189,7 @@ def write_defended(folder: Path, images: torch.Tensor, labels: list[int], dest: 
     np.save(tmp / NUMPY_DATA, array[..., 0] if array.shape[-1] == 1 else array)
     for entry in open_source(folder).other_entries:
         (tmp / entry).symlink_to((folder / entry).resolve())
+    (tmp / "defense.json").write_text(json.dumps({"source": str(folder), **settings}, indent=1))
     np.save(tmp / NUMPY_LABELS, np.asarray(labels, dtype=np.int64))  # last: its presence marks a finished set
     tmp.rename(dest)
     return dest
@@ -184,12 +197,13 @@ def write_defended(folder: Path, images: torch.Tensor, labels: list[int], dest: 
 
 # ----------------------------------------------------------------------------------------------- training
 def train_ebm(name: str, root: Path, out: Path, steps: int, images: int) -> Path:
-    """configs/ebm_digits.yaml on the images under ``root/train`` for ``steps`` iterations; its last checkpoint."""
-    workdir = out / "ebm" / name
+    """configs/ebm_digits.yaml on the images under ``root/train`` for ``steps`` iterations; its last checkpoint.
+    The run folder is named by the set and ``steps``; an interrupted run resumes from its last checkpoint."""
+    workdir = out / "ebm" / f"{name}_{steps}steps"
     ckpt = workdir / "runs/ebm_digits/checkpoints/last.ckpt"
     if (workdir / "done").is_file():
         return ckpt
-    epochs = max(1, math.ceil(steps / (images // 64)))
+    epochs = max(1, math.ceil(steps / max(1, images // 64)))
     milestones = [max(1, round(0.75 * epochs)), max(1, round(0.9 * epochs))]
     print(f"EBM {name}: {images} images, {epochs} epochs ({steps} iterations of batch 64)", flush=True)
     with working_dir(workdir):
@@ -199,21 +213,17 @@ def train_ebm(name: str, root: Path, out: Path, steps: int, images: int) -> Path
                         f"--model.init_args.lr_scheduler.init_args.milestones={milestones}",
                         "--trainer.enable_model_summary=false"], run=False)
         cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path="last" if ckpt.is_file() else None)
-    (workdir / "done").write_text(f"{cli.trainer.global_step} iterations\n")
+    (workdir / "done").write_text(f"{cli.trainer.global_step} iterations on {root}\n")
     return ckpt
 
 
 def train_victim(folder: Path, workdir: Path, seed: int, epochs: int):
-    """The digits classifier recipe on ``folder`` (no per-epoch validation: the test split is only used at the end)."""
+    """The digits classifier recipe on ``folder`` for ``epochs`` (the schedule scaled with them), without
+    per-epoch validation (the test split is only used at the end)."""
     milestones = [max(1, round(epochs * 20 / 30)), max(1, round(epochs * 26 / 30))]
-    with working_dir(workdir):
-        cli = make_cli(["--config", str(CONFIGS / "classifier_digits.yaml"), "--config", str(CONFIGS / "data/digits_poisoned.yaml"),
-                        f"--data.init_args.data={folder}", f"--seed_everything={seed}", f"--trainer.max_epochs={epochs}",
-                        f"--model.init_args.lr_scheduler.init_args.milestones={milestones}", "--trainer.limit_val_batches=0",
-                        "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", "--trainer.logger=false"],
-                       run=False)
-        cli.trainer.fit(cli.model, datamodule=cli.datamodule)
-    return cli.model.eval()
+    model, _ = train_recipe(folder, workdir, seed, f"--trainer.max_epochs={epochs}", "--trainer.limit_val_batches=0",
+                            f"--model.init_args.lr_scheduler.init_args.milestones={milestones}")
+    return model.eval()
 
 
 def predict(model, x: torch.Tensor) -> torch.Tensor:
@@ -222,37 +232,37 @@ def predict(model, x: torch.Tensor) -> torch.Tensor:
 
 
 def evaluate(model, folder: Path, spec_folder: Path | None = None, magnifications: tuple[float, ...] = (1.0,)) -> dict:
-    """Natural accuracy, target-class accuracy and poison success (per magnification) of ``model``; the attack is
-    ``spec_folder``'s (a clean-trained model tested against an attack gives the floor)."""
+    """Natural accuracy, target-class accuracy and poison success (per magnification) of ``model`` on ``folder``'s
+    clean test split and the poisoned tests of ``spec_folder``'s attack, built by PoisonedSetDataModule as
+    `pureebm test` builds them (a clean-trained model tested against an attack gives its floor)."""
     dm = PoisonedSetDataModule(str(folder), crop_padding=0, hflip=False,
                                poison_spec=str(spec_folder / "poison.json") if spec_folder else None)
     dm.setup("test")
-    images, labels = (torch.stack([dm.test_set[i][0] for i in range(len(dm.test_set))]),
-                      torch.tensor([dm.test_set[i][1] for i in range(len(dm.test_set))]))
-    right = predict(model, to_signed_unit(images)) == labels
+
+    def stacked(dataset):
+        items = [dataset[i] for i in range(len(dataset))]
+        return to_signed_unit(torch.stack([item[0] for item in items])), torch.tensor([item[1] for item in items])
+
+    images, labels = stacked(dm.test_set)
+    right = predict(model, images) == labels
     result = {"natural": right.float().mean().item()}
-    spec = dm.poison
-    if spec is None:
+    if dm.poison is None:
         return result
-    poisoned = torch.stack([dm.poison_test_set[i][0] for i in range(len(dm.poison_test_set))])
-    wanted = torch.tensor([dm.poison_test_set[i][1] for i in range(len(dm.poison_test_set))])
-    if spec.kind == "triggered":
-        result["target_class_accuracy"] = right[labels == spec.target_class].float().mean().item()
-        t = spec.trigger
+    poisoned, wanted = stacked(dm.poison_test_set)
+    if dm.poison.kind == "triggered":
+        result["target_class_accuracy"] = right[labels == dm.poison.target_class].float().mean().item()
         for m in magnifications:
-            x = apply_trigger(to_signed_unit(poisoned), dm.trigger, t["mode"], m, float(t.get("alpha", 0.2)), tuple(t.get("position", (0, 0))))
-            result[f"success_x{m:g}"] = (predict(model, x) == wanted).float().mean().item()
+            result[f"success_x{m:g}"] = (predict(model, dm.add_trigger(poisoned, m)) == wanted).float().mean().item()
     else:
-        x = to_signed_unit(poisoned)
-        result["success_x1"] = (predict(model, x) == wanted).float().mean().item()
+        result["success_x1"] = (predict(model, poisoned) == wanted).float().mean().item()
         with torch.no_grad():
-            result["p_intended"] = torch.softmax(model(x), 1)[0, wanted[0]].item()
+            result["p_intended"] = torch.softmax(model(poisoned[:1]), 1)[0, wanted[0]].item()
     return result
 
 
 class Victims:
-    """Victims by key: each result is appended to victims.jsonl as it is measured and each model kept in its own
-    folder, so a rerun skips finished ones."""
+    """Victims by key (the training set's folder name, which hashes what made it, and the seed): each result is
+    appended to victims.jsonl as it is measured and each model kept in its own folder, so a rerun skips them."""
 
     def __init__(self, out: Path, epochs: int) -> None:
         self.path, self.epochs, self.out = out / "victims.jsonl", epochs, out
@@ -266,7 +276,7 @@ class Victims:
         """The victim trained on ``folder`` with ``seed``: loaded if a previous run finished it."""
         from pureebm_lightning.classifier_module import ClassifierModule
 
-        workdir = self.out / "victims" / hashlib.sha1(f"{key}|seed{seed}|epochs{self.epochs}".encode()).hexdigest()[:10]
+        workdir = self.out / "victims" / digest(key, seed, self.epochs)
         ckpt = workdir / "runs/classifier_digits_poisoned/checkpoints/last.ckpt"
         if (workdir / "done").is_file():
             return ClassifierModule.load_from_checkpoint(ckpt, map_location="cpu").eval()
@@ -288,18 +298,38 @@ class Victims:
         return self.done[full]
 
 
+class Stopwatch:
+    """Seconds per stage, this invocation and summed over every invocation into --out (timings.json), so a
+    resumed run still reports what the whole reproduction cost."""
+
+    def __init__(self, out: Path) -> None:
+        self.path, self.start, self.now = out / "timings.json", time.time(), {}
+        self.total = json.loads(self.path.read_text())["total_s"] if self.path.is_file() else {}
+
+    def lap(self, stage: str) -> None:
+        seconds = round(time.time() - self.start - sum(self.now.values()), 1)
+        self.now[stage] = seconds
+        self.total[stage] = round(self.total.get(stage, 0.0) + seconds, 1)
+        self.path.write_text(json.dumps({"this_invocation_s": self.now, "total_s": self.total}, indent=1))
+
+
 # ----------------------------------------------------------------------------------------------- the run
+def prepare_out(out: Path, fresh: bool) -> None:
+    if fresh and out.exists():
+        if any(out.iterdir()) and not ((out / "timings.json").is_file() or (out / "data").is_dir()):
+            raise SystemExit(f"--fresh: {out} does not look like a folder this script wrote (no timings.json or data/); "
+                             "delete it yourself or pick another --out")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+
+
 def run(args: argparse.Namespace) -> dict:
     out = args.out.resolve()
-    if args.fresh:
-        shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True, exist_ok=True)
-    t0, timings = time.time(), {}
-
-    def lap(name: str) -> None:
-        timings[name] = round(time.time() - t0 - sum(timings.values()), 1)
+    prepare_out(out, args.fresh)
+    clock = Stopwatch(out)
 
     # 1. split and poisons
+    print("Poisons: `pureebm poison` per attack and scenario (reused when --out already holds them)", flush=True)
     clean_folder, clean_spec = poison(out / "data", "clean", "--attack", "none")
     holdout = out / "data" / "ebm_holdout"
     if not (holdout / "done").is_file():
@@ -309,34 +339,38 @@ def run(args: argparse.Namespace) -> dict:
             chw_to_pil(image).save(holdout / "train" / str(int(label)) / f"{int(index)}.png")
         (holdout / "done").write_text("")
     holdout_count = len(clean_spec["holdout_ids"])
-    scenarios = []  # (attack, k, folder, spec)
+    jobs = []  # (attack, k, name, flags)
     flags = {"badnets": ["--budget", str(args.badnets_budget)], "blended": ["--budget", str(args.blended_budget)],
              "narcissus": ["--budget", str(args.narcissus_budget), "--epsilon", str(args.narcissus_epsilon),
                            "--steps", str(args.narcissus_steps), "--lr", str(args.narcissus_lr), "--surrogate_epochs", str(args.surrogate_epochs)]}
     for attack in TRIGGERED:
         for k, target in enumerate(args.target_classes):
-            folder, spec = poison(out / "data", f"{attack}_c{target}", "--attack", attack, "--target_class", str(target),
-                                  "--seed", str(k), *flags[attack])
-            scenarios.append((attack, k, folder, spec))
+            jobs.append((attack, k, f"{attack}_c{target}", ["--attack", attack, "--target_class", str(target), "--seed", str(k), *flags[attack]]))
     test_source = open_source(clean_folder / "test")
     test_ids = [int(Path(key).stem) for key in test_source.keys]
+    if args.gm_targets > len(test_ids):
+        raise SystemExit(f"--gm_targets {args.gm_targets}: the test split has only {len(test_ids)} images")
     rng = np.random.default_rng(0)
     order = rng.permutation(len(test_ids))
-    for j in range(args.gm_targets):
+    for j in range(args.gm_targets):  # distinct target images, an intended class drawn for each
         i = int(order[j])
         intended = (test_source.labels[i] + 1 + int(rng.integers(9))) % 10
-        folder, spec = poison(out / "data", f"gradient_matching_t{j}", "--attack", "gradient_matching", "--budget", str(args.gm_budget),
-                              "--epsilon", str(args.gm_epsilon), "--steps", str(args.gm_steps), "--restarts", str(args.gm_restarts),
-                              "--seed", str(j), "--target_id", str(test_ids[i]), "--intended_class", str(intended),
-                              "--surrogate_epochs", str(args.surrogate_epochs))
-        scenarios.append(("gradient_matching", j, folder, spec))
-    lap("poisons")
+        jobs.append(("gradient_matching", j, f"gradient_matching_t{j}", [
+            "--attack", "gradient_matching", "--budget", str(args.gm_budget), "--epsilon", str(args.gm_epsilon), "--steps",
+            str(args.gm_steps), "--restarts", str(args.gm_restarts), "--seed", str(j), "--target_id", str(test_ids[i]),
+            "--intended_class", str(intended), "--surrogate_epochs", str(args.surrogate_epochs)]))
+    scenarios = []  # (attack, k, folder, spec)
+    for attack, k, name, job_flags in tqdm(jobs, desc="poisons", unit="set", dynamic_ncols=True):
+        folder, spec = poison(out / "data", name, *job_flags)
+        scenarios.append((attack, k, folder, spec))
+    clock.lap("poisons")
 
     # 2. EBMs
     first_poisoned = next(s for s in scenarios if s[0] == args.poisoned_ebm_attack)
     clean_ckpt = train_ebm("clean_holdout", holdout, out, args.ebm_steps, holdout_count)
-    poisoned_ckpt = train_ebm(f"poisoned_{args.poisoned_ebm_attack}", first_poisoned[2], out, args.ebm_steps, len(open_source(first_poisoned[2]).keys))
-    lap("ebms")
+    poisoned_ckpt = train_ebm(f"poisoned_{first_poisoned[2].name}", first_poisoned[2], out, args.ebm_steps,
+                              len(open_source(first_poisoned[2]).keys))
+    clock.lap("ebms")
 
     # 3. defenses: every distinct training image purified once
     clean_images, clean_labels, clean_ids = load_set(clean_folder)
@@ -345,15 +379,17 @@ def run(args: argparse.Namespace) -> dict:
     for attack, k, folder, _ in scenarios:
         sets[folder.name] = (folder, *load_set(folder))
     store, rows_of = DistinctImages(), {}
-    for name, (folder, images, labels, ids) in sets.items():
-        if not name.startswith("gradient_matching"):  # GM sets need T only: purified below
+    for name, (folder, images, labels, ids) in sets.items():  # GM sets need the main T only: their poisons go last
+        if not name.startswith("gradient_matching"):
             rows_of[name] = store.add(images, torch.stack([original_of[i] for i in ids]))
     sweep_store = len(store)
     for name, (folder, images, labels, ids) in sets.items():
         if name.startswith("gradient_matching"):
             rows_of[name] = store.add(images, torch.stack([original_of[i] for i in ids]))
     all_images, all_originals = torch.stack(store.images), torch.stack(store.originals)
-    cache = out / "purified" / f"clean_ebm_{hashlib.sha1(str((args.sweep, args.curve_every, len(store), args.batch_size)).encode()).hexdigest()[:8]}.pt"
+    clean_sha, poisoned_sha = file_sha256(clean_ckpt), file_sha256(poisoned_ckpt)
+    key = digest(clean_sha, args.sweep, args.T, args.curve_every, args.batch_size, args.jpeg_quality, sweep_store, all_images)
+    cache = out / "purified" / f"clean_ebm_{key}.pt"
     if cache.is_file():
         purified = torch.load(cache, weights_only=True)
     else:
@@ -362,13 +398,14 @@ def run(args: argparse.Namespace) -> dict:
         purified = purify_distinct(purifier, all_images[:sweep_store], all_originals[:sweep_store], args.sweep, curve,
                                    args.batch_size, "sweep sets")
         rest = purify_distinct(purifier, all_images[sweep_store:], all_originals[sweep_store:], [args.T], [0, args.T],
-                               args.batch_size, "Gradient Matching sets") if len(store) > sweep_store else None
+                               args.batch_size, "Gradient Matching poisons", first_index=sweep_store) if len(store) > sweep_store else None
         purified["jpeg"] = jpeg_distinct(all_images, args.jpeg_quality)
         purified["gm_T"] = rest["snapshots"][args.T] if rest else torch.empty(0, *all_images.shape[1:], dtype=torch.uint8)
         cache.parent.mkdir(parents=True, exist_ok=True)
         torch.save(purified, cache)
-    poisoned_cache = out / "purified" / f"poisoned_ebm_T{args.T}.pt"
     name0 = first_poisoned[2].name
+    poisoned_key = digest(poisoned_sha, name0, args.T, args.batch_size, sets[name0][1])
+    poisoned_cache = out / "purified" / f"poisoned_ebm_{poisoned_key}.pt"
     if poisoned_cache.is_file():
         by_poisoned_ebm = torch.load(poisoned_cache, weights_only=True)
     else:
@@ -377,77 +414,83 @@ def run(args: argparse.Namespace) -> dict:
                                           torch.stack([original_of[i] for i in sets[name0][3]]), [args.T], [0, args.T],
                                           args.batch_size, "with the poisoned EBM")["snapshots"][args.T]
         torch.save(by_poisoned_ebm, poisoned_cache)
-    lap("purification")
+    clock.lap("purification")
 
     def defended(name: str, defense: str) -> Path:
+        """The training set ``name`` after ``defense``, written once into defended/<set>/<defense>-<what made it>."""
         folder, images, labels, ids = sets[name]
         if defense == "none":
             return folder
         rows = torch.tensor(rows_of[name])
         if defense == "jpeg":
-            new = purified["jpeg"][rows]
+            new, made = purified["jpeg"][rows], {"defense": "jpeg", "jpeg_quality": args.jpeg_quality, "key": key}
         elif defense == "pureebm_poisoned":
-            new = by_poisoned_ebm
-        elif name.startswith("gradient_matching"):  # its clean images were purified with the sweep sets
-            new = torch.stack([purified["snapshots"][args.T][r] if r < sweep_store else purified["gm_T"][r - sweep_store] for r in rows])
+            new, made = by_poisoned_ebm, {"defense": "pureebm", "checkpoint": str(poisoned_ckpt), "checkpoint_sha256": poisoned_sha,
+                                          "steps": args.T, "key": poisoned_key}
         else:
-            new = purified["snapshots"][int(defense[1:])][rows]
-        return write_defended(folder, new, labels, out / "defended" / name / defense)
+            t = int(defense[1:])
+            if name.startswith("gradient_matching"):  # its clean images were purified with the sweep sets
+                new = torch.stack([purified["snapshots"][t][r] if r < sweep_store else purified["gm_T"][r - sweep_store] for r in rows])
+            else:
+                new = purified["snapshots"][t][rows]
+            made = {"defense": "pureebm", "checkpoint": str(clean_ckpt), "checkpoint_sha256": clean_sha, "steps": t, "key": key}
+        return write_defended(folder, new, labels, out / "defended" / name / f"{defense}-{made['key']}", made)
+
+    def victim(set_name: str, defended_by: str, seed: int, evaluate_with, **facts) -> dict:
+        folder = defended(set_name, defended_by)
+        return victims.run(f"{set_name}|{defended_by}|{folder.name}", folder, seed, evaluate_with, **facts)
 
     # 4. victims
     victims = Victims(out, args.victim_epochs)
     pure_t = [f"T{t}" for t in args.sweep if t > 0]
     sweep_k = range(len(args.target_classes) if args.sweep_scenarios is None else args.sweep_scenarios)
-    results = []
-    clean_models = {}
+    results, clean_models = [], {}
     for k in range(len(args.target_classes)):  # the floor models: one per victim seed, trained on the clean split
-        results.append(victims.run("clean|none", clean_folder, 100 + k, lambda m: evaluate(m, clean_folder), attack="clean",
-                                   scenario=k, defense="none", T=0))
-        clean_models[k] = victims.model("clean|none", clean_folder, 100 + k)
-    for attack, k, folder, spec in scenarios:
-        seed = 100 + (k if attack != "gradient_matching" else 0)
+        results.append(victim("clean", "none", 100 + k, lambda m: evaluate(m, clean_folder), attack="clean", scenario=k,
+                              defense="none", T=0))
+        clean_models[k] = victims.model(f"clean|none|{clean_folder.name}", clean_folder, 100 + k)
+    gm_seed = 100  # every Gradient Matching victim trains with the first seed: targets vary, the recipe does not
+
+    def attack_victims(attack: str, k: int, folder: Path, spec: dict, defenses: list[str]) -> None:
+        seed = gm_seed if attack == "gradient_matching" else 100 + k
         mags = (1.0, 3.0) if attack == "narcissus" else (1.0,)
-        floor_model = clean_models[k if attack != "gradient_matching" else 0]
-        floor = evaluate(floor_model, clean_folder, folder, mags)
-        defenses = ["none"]
-        if attack != "gradient_matching":
-            defenses += ["jpeg"] + [d for d in pure_t if d == f"T{args.T}" or k in sweep_k]
-            if folder.name == name0:
-                defenses.append("pureebm_poisoned")
-        elif args.gm_defenses == "always":
-            defenses += ["jpeg", f"T{args.T}"]
+        floor = evaluate(clean_models[0 if attack == "gradient_matching" else k], clean_folder, folder, mags)
+        target = spec["targets"][0]["id"] if attack == "gradient_matching" else spec["target_class"]
         for defense in defenses:
-            row = victims.run(f"{folder.name}|{defense}", defended(folder.name, defense), seed,
-                              lambda m: evaluate(m, folder, folder, mags), attack=attack, scenario=k,
-                              target=spec.get("target_class") if attack != "gradient_matching" else spec["targets"][0]["id"],
-                              defense=defense, T=0 if defense in ("none", "jpeg") else (args.T if defense == "pureebm_poisoned" else int(defense[1:])))
-            results.append({**row, **{f"floor_{key}": v for key, v in floor.items()}})
+            t = 0 if defense in ("none", "jpeg") else (args.T if defense == "pureebm_poisoned" else int(defense[1:]))
+            row = victim(folder.name, defense, seed, lambda m: evaluate(m, folder, folder, mags), attack=attack, scenario=k,
+                         target=target, defense=defense, T=t)
+            results.append({**row, **{f"floor_{name}": v for name, v in floor.items()}})
+
+    for attack, k, folder, spec in scenarios:
+        if attack == "gradient_matching":
+            defenses = ["none"] + (["jpeg", f"T{args.T}"] if args.gm_defenses == "always" else [])
+        else:
+            defenses = ["none", "jpeg"] + [d for d in pure_t if d == f"T{args.T}" or k in sweep_k]
+            defenses += ["pureebm_poisoned"] if folder.name == name0 else []
+        attack_victims(attack, k, folder, spec, defenses)
     if args.gm_defenses == "auto":  # defended Gradient Matching victims only when the attack works undefended
         gm = [r for r in results if r["attack"] == "gradient_matching"]
         if any(r["success_x1"] > r["floor_success_x1"] for r in gm):
             for attack, k, folder, spec in [s for s in scenarios if s[0] == "gradient_matching"]:
-                floor = evaluate(clean_models[0], clean_folder, folder)
-                for defense in ("jpeg", f"T{args.T}"):
-                    row = victims.run(f"{folder.name}|{defense}", defended(folder.name, defense), 100,
-                                      lambda m: evaluate(m, folder, folder), attack=attack, scenario=k,
-                                      target=spec["targets"][0]["id"], defense=defense, T=0 if defense == "jpeg" else args.T)
-                    results.append({**row, **{f"floor_{key}": v for key, v in floor.items()}})
-    lap("victims")
+                attack_victims(attack, k, folder, spec, ["jpeg", f"T{args.T}"])
+    clock.lap("victims")
 
     # 5. report
     from reproduction_report import write_report  # noqa: E402
 
-    summary = write_report(out, args, results, purified, store, rows_of, sets, sweep_store, by_poisoned_ebm, name0,
-                           {"holdout_images": holdout_count, "victim_images": len(clean_labels), "test_images": len(test_ids),
-                            "distinct_images": len(store), "timings_s": timings, "argv": args.argv})
-    timings["report"] = round(time.time() - t0 - sum(timings.values()), 1)
-    summary["timings_s"] = timings
+    facts = {"holdout_images": holdout_count, "victim_images": len(clean_labels), "test_images": len(test_ids),
+             "distinct_images": len(store), "argv": args.argv, "timings": {"this_invocation_s": clock.now, "total_s": clock.total},
+             "ebm_checkpoints": {"clean": str(clean_ckpt), "poisoned": str(poisoned_ckpt)}}
+    summary = write_report(out, args, results, purified, store, rows_of, sets, sweep_store, by_poisoned_ebm, name0, facts)
+    clock.lap("report")
+    summary["facts"]["timings"] = {"this_invocation_s": clock.now, "total_s": clock.total}
     (out / "results.json").write_text(json.dumps(summary, indent=1))
-    print(f"Done in {(time.time() - t0) / 60:.1f} min: {out / 'results.md'}", flush=True)
+    print(f"Done in {sum(clock.now.values()) / 60:.1f} min (all invocations into {out}: {sum(clock.total.values()) / 60:.1f} min): "
+          f"{out / 'results.md'}", flush=True)
     return summary
 
 
 if __name__ == "__main__":
     disable_possible_user_warnings()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     run(parse())

@@ -17,7 +17,7 @@ from .conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from digits_reproduction import DistinctImages, purify_distinct  # noqa: E402
-from reproduction_report import counts, stats  # noqa: E402
+from reproduction_report import counts, stats, targets  # noqa: E402
 
 
 def test_sweep_snapshots_are_the_purifications_at_each_T():
@@ -33,6 +33,8 @@ def test_sweep_snapshots_are_the_purifications_at_each_T():
         expected = torch.cat([ref(images[:4], first_index=0), ref(images[4:], first_index=4)])
         assert torch.equal(out["snapshots"][t], expected)
     assert not torch.equal(out["snapshots"][7], images)
+    shifted = purify_distinct(Purifier(net, sampler, steps=7, seed=3), images[4:], images[4:], [7], [0], 4, "test", first_index=4)
+    assert torch.equal(shifted["snapshots"][7], out["snapshots"][7][4:])  # rows keep their noise when purified apart
     assert out["l2_start"][:, 0].abs().max() == 0 and (out["l2_start"][:, -1] > 0).all()
     assert torch.allclose(out["l2_start"], out["l2_clean"])  # the originals given are the images themselves
     with torch.no_grad():
@@ -53,6 +55,42 @@ def test_statistics():
     assert stats([0.5])["sd"] == 0 and math.isnan(stats([])["mean"])
     assert counts([{"success_x1": 1.0}, {"success_x1": 0.0}, {"success_x1": 0.0}]) == "1/3 [6, 79] %"
     assert counts([]) == "not run"
+
+
+def summary_with(none: dict, pure: dict, jpeg: dict, floor: dict, sweep: dict) -> dict:
+    """A results.json-like summary: ``none``/``pure``/``jpeg``/``floor`` map attack -> success x1 (Narcissus: (x1, x3))."""
+    def entry(success, natural=0.98, sd=0.01):
+        x1, x3 = success if isinstance(success, tuple) else (success, None)
+        e = {"success_x1": {"mean": x1, "sd": sd, "max": x1, "n": 3}, "natural": {"mean": natural, "sd": 0.002, "max": natural, "n": 3}}
+        if x3 is not None:
+            e["success_x3"] = {"mean": x3, "sd": sd, "max": x3, "n": 3}
+        return e
+    table = {a: {"none": entry(none[a]), "T150": entry(pure[a]), "jpeg": entry(jpeg[a])} for a in ("badnets", "blended", "narcissus")}
+    table["gradient_matching"] = {"none": {"hits": 0, "targets": 30, "wilson": [0.0, 0.11]}}
+    floors = {a: {k: v for k, v in entry(floor[a]).items() if k.startswith("success")} for a in floor}
+    floors["gradient_matching"] = {"hits": 0, "targets": 30}
+    sweep_rows = {a: [{"T": t, **entry(v, nat)} for t, (v, nat) in rows.items()] for a, rows in sweep.items()}
+    return {"table": table, "floors": floors, "sweep": sweep_rows}
+
+
+def test_target_checks_tell_met_from_not_met_and_not_measurable():
+    sweep = {a: {0: (1.0, 0.985), 25: (0.9, 0.985), 150: (0.02, 0.984), 1000: (0.01, 0.95)} for a in ("badnets", "blended")}
+    sweep["narcissus"] = {0: ((0.05, 0.7), 0.98), 25: ((0.05, 0.5), 0.98), 150: ((0.01, 0.2), 0.98), 1000: ((0.01, 0.2), 0.96)}
+    checks = targets(summary_with(none={"badnets": 1.0, "blended": 0.95, "narcissus": (0.05, 0.7)},
+                                  pure={"badnets": 0.5, "blended": 0.03, "narcissus": (0.01, 0.22)},
+                                  jpeg={"badnets": 1.0, "blended": 0.9, "narcissus": (0.05, 0.6)},
+                                  floor={"badnets": 0.0, "blended": 0.0, "narcissus": (0.01, 0.2)}, sweep=sweep), 150)
+    status = {name: c["status"] for name, c in checks.items()}
+    assert status["blended_works"] == "met" and status["narcissus_works"] == "NOT met" and status["gm_works"] == "NOT met"
+    assert status["blended_removed"] == "met" and status["narcissus_removed"].startswith("not measurable")
+    assert status["narcissus_x3_to_floor"] == "met"  # 70 % -> 22 % at x3, floor 20 %
+    assert status["beats_jpeg"] == "met"  # Blended 3 vs 90 %, Narcissus x3 22 vs 60 %
+    assert status["window"] == "met" and status["badnets"] == "NOT met"
+    tie = targets(summary_with(none={"badnets": 1.0, "blended": 0.95, "narcissus": (0.05, 0.7)},
+                               pure={"badnets": 0.0, "blended": 0.89, "narcissus": (0.01, 0.65)},
+                               jpeg={"badnets": 1.0, "blended": 0.9, "narcissus": (0.05, 0.6)},
+                               floor={"badnets": 0.0, "blended": 0.0, "narcissus": (0.01, 0.2)}, sweep=sweep), 150)
+    assert tie["beats_jpeg"]["status"] == "NOT met" and tie["blended_removed"]["status"] == "NOT met"
 
 
 @pytest.mark.slow
@@ -94,9 +132,20 @@ def test_quick_reproduction_writes_its_report_and_resumes(tmp_path):
     lines = (out / "victims.jsonl").read_text().splitlines()
     assert len(lines) == 1 + 3 * 4 + 1 + 2 * 3  # clean, 3 attacks x (none, JPEG, T 10, T 20), poisoned EBM, GM x 3
 
+    timings = json.loads((out / "timings.json").read_text())
+    assert timings["total_s"] == timings["this_invocation_s"] and timings["total_s"]["victims"] > 0
+
     # resume: nothing is trained or crafted again, the report is rewritten from what was kept
     (out / "results.md").unlink()
     rerun = subprocess.run(cmd, check=True, cwd=tmp_path, capture_output=True, text=True)
     assert (out / "victims.jsonl").read_text().splitlines() == lines
-    assert "Wrote" not in rerun.stdout and "purify" not in rerun.stderr
+    assert "Wrote" not in rerun.stdout and "purify " not in rerun.stderr and "EBM " not in rerun.stdout
     assert (out / "results.md").is_file()
+
+    # a changed defense setting is never served from the caches: new JPEG (and PureEBM) sets and victims, same poisons
+    changed = subprocess.run(cmd + ["--jpeg_quality", "50"], check=True, cwd=tmp_path, capture_output=True, text=True)
+    assert "Wrote" not in changed.stdout and "EBM " not in changed.stdout
+    rows = [json.loads(line) for line in (out / "victims.jsonl").read_text().splitlines()]
+    jpeg_sets = {tuple(row["key"].split("|")[:3]) for row in rows if row["defense"] == "jpeg"}
+    assert len(rows) > len(lines) and len(jpeg_sets) == 5 * 2  # (3 triggered + 2 GM sets) x 2 qualities
+    assert json.loads((out / "results.json").read_text())["settings"]["jpeg_quality"] == 50

@@ -192,10 +192,18 @@ class PoisonedSetDataModule(LightningDataModule):
 
     def _triggered(self, x: torch.Tensor, dataloader_idx: int) -> torch.Tensor:
         """Adds the trigger to the poisoned test loader's images (test loader 1 of a triggered attack)."""
-        if self.trigger is None or dataloader_idx != 1 or not self._testing():
+        if dataloader_idx != 1 or not self._testing():
+            return x
+        return self.add_trigger(x)
+
+    def add_trigger(self, x: torch.Tensor, magnification: float | None = None) -> torch.Tensor:
+        """Images in [-1, 1] of ``poison_test_set`` as the attack tests them: with the trigger added at ``magnification``
+        (default: this module's), or unchanged for targeted attacks and for attacks whose poison test images already
+        carry their trigger (mode "images")."""
+        if self.trigger is None:
             return x
         t = self.poison.trigger
-        return apply_trigger(x, self.trigger, t["mode"], self._magnification(),
+        return apply_trigger(x, self.trigger, t["mode"], self._magnification() if magnification is None else magnification,
                              float(t.get("alpha", 0.2)), tuple(t.get("position", (0, 0))))
 
     def _testing(self) -> bool:
