@@ -404,15 +404,15 @@ def run(args: argparse.Namespace) -> dict:
         cache.parent.mkdir(parents=True, exist_ok=True)
         torch.save(purified, cache)
     name0 = first_poisoned[2].name
-    poisoned_key = digest(poisoned_sha, name0, args.T, args.batch_size, sets[name0][1])
+    poisoned_key = digest(poisoned_sha, name0, args.sweep, args.batch_size, sets[name0][1])
     poisoned_cache = out / "purified" / f"poisoned_ebm_{poisoned_key}.pt"
     if poisoned_cache.is_file():
         by_poisoned_ebm = torch.load(poisoned_cache, weights_only=True)
     else:
         images0 = sets[name0][1]
-        by_poisoned_ebm = purify_distinct(Purifier.from_checkpoint(poisoned_ckpt, steps=args.T, seed=0), images0,
-                                          torch.stack([original_of[i] for i in sets[name0][3]]), [args.T], [0, args.T],
-                                          args.batch_size, "with the poisoned EBM")["snapshots"][args.T]
+        by_poisoned_ebm = purify_distinct(Purifier.from_checkpoint(poisoned_ckpt, steps=max(args.sweep), seed=0), images0,
+                                          torch.stack([original_of[i] for i in sets[name0][3]]), args.sweep, [0],
+                                          args.batch_size, "its split with the poisoned EBM")["snapshots"]
         torch.save(by_poisoned_ebm, poisoned_cache)
     clock.lap("purification")
 
@@ -424,9 +424,10 @@ def run(args: argparse.Namespace) -> dict:
         rows = torch.tensor(rows_of[name])
         if defense == "jpeg":
             new, made = purified["jpeg"][rows], {"defense": "jpeg", "jpeg_quality": args.jpeg_quality, "key": key}
-        elif defense == "pureebm_poisoned":
-            new, made = by_poisoned_ebm, {"defense": "pureebm", "checkpoint": str(poisoned_ckpt), "checkpoint_sha256": poisoned_sha,
-                                          "steps": args.T, "key": poisoned_key}
+        elif defense.startswith("pureebm_poisoned"):  # pureebm_poisoned (at T) or pureebm_poisoned_T<t>
+            t = int(defense.rsplit("_T", 1)[1]) if "_T" in defense else args.T
+            new, made = by_poisoned_ebm[t], {"defense": "pureebm", "checkpoint": str(poisoned_ckpt), "checkpoint_sha256": poisoned_sha,
+                                             "steps": t, "key": poisoned_key}
         else:
             t = int(defense[1:])
             if name.startswith("gradient_matching"):  # its clean images were purified with the sweep sets
@@ -457,7 +458,7 @@ def run(args: argparse.Namespace) -> dict:
         floor = evaluate(clean_models[0 if attack == "gradient_matching" else k], clean_folder, folder, mags)
         target = spec["targets"][0]["id"] if attack == "gradient_matching" else spec["target_class"]
         for defense in defenses:
-            t = 0 if defense in ("none", "jpeg") else (args.T if defense == "pureebm_poisoned" else int(defense[1:]))
+            t = 0 if defense in ("none", "jpeg") else args.T if defense == "pureebm_poisoned" else int(defense.rsplit("T", 1)[1])
             row = victim(folder.name, defense, seed, lambda m: evaluate(m, folder, folder, mags), attack=attack, scenario=k,
                          target=target, defense=defense, T=t)
             results.append({**row, **{f"floor_{name}": v for name, v in floor.items()}})
@@ -467,7 +468,8 @@ def run(args: argparse.Namespace) -> dict:
             defenses = ["none"] + (["jpeg", f"T{args.T}"] if args.gm_defenses == "always" else [])
         else:
             defenses = ["none", "jpeg"] + [d for d in pure_t if d == f"T{args.T}" or k in sweep_k]
-            defenses += ["pureebm_poisoned"] if folder.name == name0 else []
+            if folder.name == name0:  # the EBM trained on this very split, at every T of the sweep
+                defenses += ["pureebm_poisoned"] + [f"pureebm_poisoned_T{t}" for t in args.sweep if t > 0 and t != args.T]
         attack_victims(attack, k, folder, spec, defenses)
     if args.gm_defenses == "auto":  # defended Gradient Matching victims only when the attack works undefended
         gm = [r for r in results if r["attack"] == "gradient_matching"]
