@@ -123,6 +123,7 @@ def test_quick_reproduction_writes_its_report_and_resumes(tmp_path):
     assert table["badnets"]["none"]["success_x1"]["mean"] >= 0.8  # a 10 % BadNets patch works undefended
     assert summary["floors"]["badnets"]["success_x1"]["mean"] < 0.2
     assert table["blended"]["pureebm_poisoned"]["success_x1"]["n"] == 1
+    assert [r["T"] for r in summary["poisoned_ebm"]["by_T"]] == [10, 20]
     assert table["gradient_matching"]["none"]["targets"] == 2
     assert [r["T"] for r in summary["sweep"]["blended"]] == [0, 10, 20]
     chain = summary["chain"]
@@ -130,7 +131,7 @@ def test_quick_reproduction_writes_its_report_and_resumes(tmp_path):
     assert chain["clean images"]["l2_clean_0"] == 0 and chain["Blended poisons"]["l2_clean_0"] > 1
     assert set(summary["checks"]) >= {"badnets_works", "blended_removed", "narcissus_removed", "gm_works", "beats_jpeg", "window"}
     lines = (out / "victims.jsonl").read_text().splitlines()
-    assert len(lines) == 1 + 3 * 4 + 1 + 2 * 3  # clean, 3 attacks x (none, JPEG, T 10, T 20), poisoned EBM, GM x 3
+    assert len(lines) == 1 + 3 * 4 + 2 + 2 * 3  # clean, 3 attacks x (none, JPEG, T 10, T 20), poisoned EBM x 2 T, GM x 3
 
     timings = json.loads((out / "timings.json").read_text())
     assert timings["total_s"] == timings["this_invocation_s"] and timings["total_s"]["victims"] > 0
