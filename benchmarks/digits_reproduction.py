@@ -1,7 +1,7 @@
 """The paper's claim on digits, end to end with one command: attacks, defenses, victims, results.md and plots.
 
-    python benchmarks/digits_reproduction.py --out runs/reproduction      # about 35 minutes on 2 CPU cores
-    python benchmarks/digits_reproduction.py --out /tmp/repro --quick     # about 3 minutes: the pipeline, not the science
+    python benchmarks/digits_reproduction.py --out runs/reproduction      # about 37 minutes on 2 CPU cores
+    python benchmarks/digits_reproduction.py --out /tmp/repro --quick     # about a minute: the pipeline, not the science
 
 METHOD.md's protocol, scaled to scikit-learn's digits and two CPU cores (every scale-down is a flag):
 1. Split: the classifier's 359 test images; of the other 1,438, 20 % (288) are held out (`pureebm poison
@@ -13,14 +13,16 @@ METHOD.md's protocol, scaled to scikit-learn's digits and two CPU cores (every s
 4. Defenses of the training set: none; JPEG; PureEBM at every T of the sweep. PureEBM runs one chain per
    distinct image (an image shared by several sets is purified once) and keeps a snapshot at each T: the
    same Psi_T as `pureebm purify --steps T` (the sampler, eps, tau, clamp and 8-bit rounding of Purifier).
+   The poisoned EBM purifies its own split at every T (its gap to the clean EBM).
 5. Victims: the digits classifier recipe (configs/classifier_digits.yaml) trained on each defended set; natural
    accuracy, target-class accuracy, poison success, and its floor (the attack on a model trained on the clean
    split: no training-set defense can remove it).
-6. Writes results.md (tables in the paper's shape, mean and spread over target classes), results.json,
-   results.csv, sweep.png, chain_curves.png and pairs.png into --out.
+6. Writes results.md (tables in the paper's shape, mean and spread over target classes, each target of
+   issue 6 checked), results.json, results.csv, victims.jsonl, timings.json, sweep.png, chain_curves.png and
+   pairs.png into --out.
 
 An interrupted run resumes: poisoned folders, EBM checkpoints, purified images and every victim's result are
-kept under --out and reused by the same command (`--fresh` starts over).
+kept under --out, named by what made them, and reused by the same command (`--fresh` starts over).
 """
 
 from __future__ import annotations

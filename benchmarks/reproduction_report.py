@@ -115,7 +115,7 @@ def write_report(out: Path, args, results: list[dict], purified: dict, store, ro
              f"each for target classes {args.target_classes}; Gradient Matching {100 * args.gm_budget:g} % at "
              f"{args.gm_epsilon}/255 ({args.gm_steps} steps, {args.gm_restarts} restart(s)) on {args.gm_targets} distinct target images.",
              f"- Defenses: none; JPEG quality {args.jpeg_quality}; PureEBM (clean EBM) at T in {args.sweep} "
-             f"(T = 0 is no defense); PureEBM T = {T} with the poisoned EBM on `{poisoned_set}` only.",
+             f"(T = 0 is no defense); PureEBM with the poisoned EBM at every T on `{poisoned_set}` only.",
              f"- Victims: the digits classifier recipe (SmallCNN, SGD, crop padding 2) for {args.victim_epochs} epochs; "
              f"victim seed 100 + the target class's position for triggered attacks (seed and class vary together, so the spread "
              f"mixes both), 100 for every Gradient Matching victim. {len(results)} victims' results; a model trained on the clean "
