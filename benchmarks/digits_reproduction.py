@@ -486,7 +486,7 @@ def run(args: argparse.Namespace) -> dict:
     facts = {"holdout_images": holdout_count, "victim_images": len(clean_labels), "test_images": len(test_ids),
              "distinct_images": len(store), "argv": args.argv, "timings": {"this_invocation_s": clock.now, "total_s": clock.total},
              "ebm_checkpoints": {"clean": str(clean_ckpt), "poisoned": str(poisoned_ckpt)}}
-    summary = write_report(out, args, results, purified, store, rows_of, sets, sweep_store, by_poisoned_ebm, name0, facts)
+    summary = write_report(out, args, results, purified, store, rows_of, sweep_store, name0, facts)
     clock.lap("report")
     summary["facts"]["timings"] = {"this_invocation_s": clock.now, "total_s": clock.total}
     (out / "results.json").write_text(json.dumps(summary, indent=1))

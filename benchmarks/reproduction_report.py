@@ -48,8 +48,9 @@ def select(results: list[dict], attack: str, defense: str, scenarios: range | No
     return [r for r in results if r["attack"] == attack and r["defense"] == defense and (scenarios is None or r["scenario"] in scenarios)]
 
 
-def write_report(out: Path, args, results: list[dict], purified: dict, store, rows_of: dict, sets: dict, sweep_store: int,
-                 by_poisoned_ebm: torch.Tensor, poisoned_set: str, facts: dict) -> dict:
+def write_report(out: Path, args, results: list[dict], purified: dict, store, rows_of: dict, sweep_store: int,
+                 poisoned_set: str, facts: dict) -> dict:
+    """Write results.md, results.csv and the plots into ``out``; return the summary that goes to results.json."""
     T, main = args.T, f"T{args.T}"
     timings = facts.get("timings") or {"this_invocation_s": facts["timings_s"], "total_s": facts["timings_s"]}
     n_sweep = len(args.target_classes) if args.sweep_scenarios is None else args.sweep_scenarios
@@ -175,7 +176,7 @@ def write_report(out: Path, args, results: list[dict], purified: dict, store, ro
                          f"{100 * q['natural']:.2f} | {100 * (q['success_x1'] - c['success_x1']):+.2f} |")
 
     # --- energies and distances along the chain
-    chain = chain_curves(out, purified, store, rows_of, sets, sweep_store, T)
+    chain = chain_curves(out, purified, store, rows_of, sweep_store, T)
     summary["chain"] = chain
     lines += ["", "## Along the chain (clean EBM; `chain_curves.png`)", "",
               "| images | count | mean energy at 0 | at T | mean L2 from start at T | mean L2 to the clean original at 0 | at T | "
@@ -184,7 +185,7 @@ def write_report(out: Path, args, results: list[dict], purified: dict, store, ro
         lines.append(f"| {group} | {c['count']} | {c['energy_0']:.4f} | {c['energy_T']:.4f} | {c['l2_start_T']:.3f} | "
                      f"{c['l2_clean_0']:.3f} | {c['l2_clean_T']:.3f} | {c['best_step']} |")
     lines += ["", "Energies are E(x) of the clean EBM (lower = more probable); L2 in [-1, 1] pixel units over 256 pixels."]
-    pairs(out, purified, store, rows_of, sets, T)
+    pairs(out, purified, store, rows_of, T)
     sweep_plot(out, sweep_rows, summary["floors"], T)
 
     # --- the issue's targets, checked against what was measured
@@ -206,7 +207,7 @@ def write_report(out: Path, args, results: list[dict], purified: dict, store, ro
 TRIGGERED_ONLY = ("badnets", "blended", "narcissus")
 
 
-def groups(store, rows_of: dict, sets: dict, upto: int) -> dict[str, list[int]]:
+def groups(store, rows_of: dict, upto: int) -> dict[str, list[int]]:
     """Rows of the distinct-image store: the clean training images, and each attack's poisons (changed images)."""
     images, originals = torch.stack(store.images), torch.stack(store.originals)
     changed = (images != originals).flatten(1).any(1)
@@ -218,7 +219,7 @@ def groups(store, rows_of: dict, sets: dict, upto: int) -> dict[str, list[int]]:
     return out
 
 
-def chain_curves(out: Path, purified: dict, store, rows_of: dict, sets: dict, sweep_store: int, T: int) -> dict:
+def chain_curves(out: Path, purified: dict, store, rows_of: dict, sweep_store: int, T: int) -> dict:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -228,7 +229,7 @@ def chain_curves(out: Path, purified: dict, store, rows_of: dict, sets: dict, sw
     k_t = curve.index(T) if T in curve else min(range(len(curve)), key=lambda i: abs(curve[i] - T))
     result = {}
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
-    for group, rows in groups(store, rows_of, sets, sweep_store).items():
+    for group, rows in groups(store, rows_of, sweep_store).items():
         idx = torch.tensor(rows)
         e, ls, lc = (purified[k][idx].mean(0) for k in ("energy", "l2_start", "l2_clean"))
         result[group] = {"count": len(rows), "energy_0": e[0].item(), "energy_T": e[k_t].item(), "l2_start_T": ls[k_t].item(),
@@ -248,7 +249,7 @@ def chain_curves(out: Path, purified: dict, store, rows_of: dict, sets: dict, sw
     return result
 
 
-def pairs(out: Path, purified: dict, store, rows_of: dict, sets: dict, T: int, per_attack: int = 6) -> None:
+def pairs(out: Path, purified: dict, store, rows_of: dict, T: int, per_attack: int = 6) -> None:
     """Clean original / poisoned / PureEBM T / JPEG for a few poisons of each attack."""
     import matplotlib
 
@@ -257,7 +258,7 @@ def pairs(out: Path, purified: dict, store, rows_of: dict, sets: dict, T: int, p
 
     images, originals = torch.stack(store.images), torch.stack(store.originals)
     sweep_rows = len(purified["snapshots"][T])
-    found = [(g, rows[:per_attack]) for g, rows in groups(store, rows_of, sets, sweep_rows).items() if g != "clean images"]
+    found = [(g, rows[:per_attack]) for g, rows in groups(store, rows_of, sweep_rows).items() if g != "clean images"]
     gm = [r for name, rs in rows_of.items() if name.startswith("gradient_matching") for r in rs
           if r >= sweep_rows and (images[r] != originals[r]).any()][:per_attack]
     if gm and len(purified["gm_T"]):
@@ -359,10 +360,10 @@ def removal_checks(tab: dict, floors: dict, T: int, mag: dict, works: dict, suff
         extra = (f"; x3 {m(tab[a]['none']['success_x3']):.2f} -> {m(tab[a][key]['success_x3']):.2f} % (floor "
                  f"{m(floors[a]['success_x3']):.2f} %)") if a == "narcissus" else ""
         ok = s["n"] > 0 and m(s) <= 5 and m(acc0) - m(acc) <= 2
-        checks[f"{a}_removed{suffix}"] = {"what": f"PureEBM T = {T} takes {NAMES[a]} to at most 5 % (x1) with natural accuracy within 2 points",
-                                  "status": status(ok) if works[a] else "not measurable (the attack does not work undefended at x1)",
-                                  "measured": f"{m(tab[a]['none']['success_x1']):.2f} -> {m(s):.2f} % x1{extra}; natural "
-                                              f"{m(acc0):.2f} -> {m(acc):.2f} %"}
+        checks[f"{a}_removed{suffix}"] = {
+            "what": f"PureEBM T = {T} takes {NAMES[a]} to at most 5 % (x1) with natural accuracy within 2 points",
+            "status": status(ok) if works[a] else "not measurable (the attack does not work undefended at x1)",
+            "measured": f"{m(tab[a]['none']['success_x1']):.2f} -> {m(s):.2f} % x1{extra}; natural {m(acc0):.2f} -> {m(acc):.2f} %"}
     n3, f3 = tab["narcissus"][key]["success_x3"], floors["narcissus"]["success_x3"]
     checks[f"narcissus_x3_to_floor{suffix}"] = {
         "what": f"where Narcissus works only at x3: PureEBM T = {T} takes it to within 5 points of its floor (a clean-trained model)",
@@ -379,9 +380,10 @@ def removal_checks(tab: dict, floors: dict, T: int, mag: dict, works: dict, suff
         verdicts.append("better" if pe["mean"] < jp["mean"] - margin else "worse" if pe["mean"] > jp["mean"] + margin else "tie")
         compared.append(f"{NAMES[a]} {mag[a]}: {m(pe):.2f} ± {100 * pe['sd']:.2f} % vs JPEG {m(jp):.2f} ± {100 * jp['sd']:.2f} % "
                         f"({verdicts[-1]}: a difference counts beyond the larger standard deviation)")
-    checks[f"beats_jpeg{suffix}"] = {"what": "PureEBM better than JPEG on Blended or Narcissus (poison success) without losing on the other",
-                            "status": status("better" in verdicts and "worse" not in verdicts) if len(verdicts) == 2 else "not measurable",
-                            "measured": "; ".join(compared)}
+    checks[f"beats_jpeg{suffix}"] = {
+        "what": f"PureEBM T = {T} better than JPEG on Blended or Narcissus (poison success) without losing on the other",
+        "status": status("better" in verdicts and "worse" not in verdicts) if len(verdicts) == 2 else "not measurable",
+        "measured": "; ".join(compared)}
     return checks
 
 
