@@ -139,24 +139,21 @@ def purify_distinct(purifier: Purifier, images: torch.Tensor, originals: torch.T
     """Psi_T of every image for each T in ``snapshots`` (uint8), and per image the energy, the L2 distance from
     the start and from the clean original at each step of ``curve`` (the paper's Figure 3, per image).
 
-    Noise is seeded per batch by its first row (+ ``first_index``) as in :class:`Purifier`, so each snapshot
-    equals ``Purifier(steps=T)`` on the same batches (tested)."""
-    points = sorted(set(snapshots) | set(curve))
+    The chain is :meth:`Purifier.walk` (the steps of ``purifier`` bound the snapshots), its noise seeded per batch
+    by the batch's first row (+ ``first_index``), so each snapshot equals ``Purifier(steps=T)`` on the same
+    batches (tested)."""
     out = {"snapshots": {t: torch.empty_like(images) for t in snapshots}, "curve": curve,
            "energy": torch.empty(len(images), len(curve)), "l2_start": torch.empty(len(images), len(curve)),
            "l2_clean": torch.empty(len(images), len(curve))}
-    bar = tqdm(total=len(images), desc=f"purify {label} (T up to {points[-1]})", unit="img", dynamic_ncols=True)
+    bar = tqdm(total=len(images), desc=f"purify {label} (T up to {max(snapshots + curve)})", unit="img", dynamic_ncols=True)
     for first in range(0, len(images), batch_size):
         rows = slice(first, first + batch_size)
         x0, clean = to_signed_unit(images[rows]), to_signed_unit(originals[rows])
-        generator, x, done = purifier.generator(x0.device, first_index + first), x0, 0
-        for point in points:
-            if point > done:
-                x, done = purifier.sampler.sample(purifier.energy_net, x, point - done, generator=generator).samples, point
-            if point in out["snapshots"]:
-                out["snapshots"][point][rows] = to_uint8(x.clone())
-            if point in curve:
-                k = curve.index(point)
+        for step, x in purifier.walk(images[rows], first_index + first, snapshots + curve):
+            if step in out["snapshots"]:
+                out["snapshots"][step][rows] = to_uint8(x.clone())
+            if step in curve:
+                k = curve.index(step)
                 with torch.no_grad():
                     out["energy"][rows, k] = purifier.energy_net(x).float()
                 out["l2_start"][rows, k] = (x - x0).flatten(1).norm(dim=1)

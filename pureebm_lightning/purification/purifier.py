@@ -107,21 +107,26 @@ class Purifier:
         gen = self.generator(x.device, first_index, epoch)
         return to_uint8(self.sampler.sample(self.energy_net, x, self.steps, generator=gen).samples)
 
+    def walk(self, images: Tensor, first_index: int, points: list[int]):
+        """The chain of :meth:`__call__` on uint8 ``images``, yielding ``(step, x)`` (x in [-1, 1], unclamped) at each
+        step of ``points`` up to ``self.steps``, and stopping at the last; at ``self.steps``, x clamped and quantised is
+        what :meth:`__call__` returns."""
+        x = to_signed_unit(images)
+        gen, done = self.generator(x.device, first_index), 0
+        for point in sorted({p for p in points if p <= self.steps}):
+            if point > done:
+                x, done = self.sampler.sample(self.energy_net, x, point - done, generator=gen).samples, point
+            yield point, x
+
     def trace(self, images: Tensor, first_index: int, points: list[int]) -> tuple[Tensor, Tensor, Tensor]:
         """As :meth:`__call__`, also returning, at each step in ``points``, the summed energy and summed L2
         distance from the start image over the batch (the paper's Figure 3)."""
         x0 = to_signed_unit(images)
-        gen = self.generator(x0.device, first_index)
-        x, done = x0, 0
         energy = torch.zeros(len(points), device=x0.device)
         dist = torch.zeros(len(points), device=x0.device)
-        for k, point in enumerate(points):
-            if point > done:
-                x = self.sampler.sample(self.energy_net, x, point - done, generator=gen).samples
-                done = point
-            with torch.no_grad():
-                energy[k] = self.energy_net(x).sum()
-            dist[k] = (x - x0).flatten(1).norm(dim=1).sum()
-        if done < self.steps:
-            x = self.sampler.sample(self.energy_net, x, self.steps - done, generator=gen).samples
+        for step, x in self.walk(images, first_index, [*points, self.steps]):
+            for k in [k for k, point in enumerate(points) if point == step]:
+                with torch.no_grad():
+                    energy[k] = self.energy_net(x).sum()
+                dist[k] = (x - x0).flatten(1).norm(dim=1).sum()
         return to_uint8(x), energy, dist
