@@ -1,11 +1,16 @@
 """pureebm-lightning: purify poisoned training images with Langevin dynamics of an energy-based model."""
 
+from pureebm_lightning.lazy_exports import lazy_exports
+
 __version__ = "0.1.0"
 
-from pureebm_lightning.chain_bank import ChainBank
-from pureebm_lightning.classifier_module import ClassifierModule
-from pureebm_lightning.ebm_module import EBMModule
-from pureebm_lightning.energy_nets import ConvNetEnergy, SNGANResNetEnergy
-from pureebm_lightning.langevin import LangevinSampler
-
-__all__ = ["ChainBank", "ClassifierModule", "ConvNetEnergy", "EBMModule", "LangevinSampler", "SNGANResNetEnergy", "__version__"]
+_EXPORTS = {
+    "ChainBank": "pureebm_lightning.chain_bank",
+    "ClassifierModule": "pureebm_lightning.classifier_module",
+    "EBMModule": "pureebm_lightning.ebm_module",
+    "ConvNetEnergy": "pureebm_lightning.energy_nets",
+    "SNGANResNetEnergy": "pureebm_lightning.energy_nets",
+    "LangevinSampler": "pureebm_lightning.langevin",
+}
+__all__ = [*sorted(_EXPORTS), "__version__"]
+__getattr__ = lazy_exports(__name__, _EXPORTS, globals())  # imported on first use: `pureebm --help` loads no torch

@@ -1,11 +1,31 @@
-"""The ``pureebm`` command: LightningCLI over the project's modules and data modules."""
+"""The ``pureebm`` command: LightningCLI over the project's modules and data modules, plus ``poison`` and ``purify``.
+
+Heavy modules (torch, Lightning) are imported only once a command runs, so ``pureebm --help`` answers at once.
+"""
 
 from __future__ import annotations
 
 import sys
+from typing import TYPE_CHECKING
 
-from lightning.pytorch import LightningDataModule, LightningModule
-from lightning.pytorch.cli import LightningCLI
+if TYPE_CHECKING:
+    from lightning.pytorch.cli import LightningCLI
+
+HELP = """usage: pureebm COMMAND [options]
+
+Defend a classifier against poisoned training data with an energy-based model (PureEBM).
+
+commands:
+  fit        train a model from a config: an EBM (configs/ebm*.yaml) or a classifier (configs/classifier*.yaml)
+  validate   validate a model from a config and a checkpoint (--ckpt_path)
+  test       test a model: natural accuracy, poison success for a poisoned folder (--ckpt_path)
+  predict    run a model's predict loop
+  poison     make a poisoned training set (--attack NAME), or import another tool's (--import FORMAT --source PATH)
+  purify     purify a poisoned training set: pureebm purify --data POISONED_DIR --ckpt_path EBM.ckpt
+
+`pureebm COMMAND --help` lists a command's options; `pureebm fit --config configs/ebm_digits.yaml` is a start."""
+
+LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 
 
 def _end_process_group() -> None:
@@ -17,6 +37,18 @@ def _end_process_group() -> None:
         dist.destroy_process_group()
 
 
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors that are the input's or the machine's, not the program's: reported on one line, without a traceback."""
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    from pureebm_lightning.errors import CheckpointError, NonFiniteError, PoisonedDataError, UsageError
+    from pureebm_lightning.purification.output_lock import OutputLocked
+    from pureebm_lightning.purification.purified_store import PurificationConflict
+
+    return (PoisonedDataError, CheckpointError, UsageError, NonFiniteError, OutputLocked, PurificationConflict,
+            MisconfigurationException, OSError)
+
+
 def main(args: list[str] | None = None) -> None:
     """Entry point of ``pureebm``; ``args`` replaces ``sys.argv[1:]`` (for tests).
 
@@ -24,41 +56,53 @@ def main(args: list[str] | None = None) -> None:
     ``pureebm purify --data poisoned/`` must name a folder.
     """
     argv = sys.argv[1:] if args is None else list(args)
-    if argv[:1] == ["purify"]:
-        from pureebm_lightning.purification import PoisonedDataError
-        from pureebm_lightning.purification.command import purify
-        from pureebm_lightning.purification.purified_store import PurificationConflict
+    if not argv or argv[0] in ("-h", "--help"):
+        print(HELP)
+        return
+    command = argv[0]
+    if command not in ("poison", "purify", *LIGHTNING_COMMANDS):
+        raise SystemExit(f"pureebm: error: unknown command {command!r}; the commands are fit, validate, test, predict, "
+                         "poison and purify (`pureebm --help`)")
+    if command in ("poison", "purify") and any(a in ("-h", "--help") for a in argv[1:]):
+        _parser(command).print_help()  # without importing torch or Lightning
+        return
+    from pureebm_lightning.runtime import quiet_lightning
 
-        try:
+    quiet_lightning()
+    try:
+        if command == "purify":
+            from pureebm_lightning.purification.command import purify
+
             purify(argv[1:])
-        except (PoisonedDataError, PurificationConflict, FileNotFoundError) as err:  # the user's input: no traceback
-            raise SystemExit(f"pureebm purify: error: {err}") from err
-        _end_process_group()
-        return
-    if argv[:1] == ["poison"]:
-        from pureebm_lightning.poisoning.command import poison
-        from pureebm_lightning.purification import PoisonedDataError
+        elif command == "poison":
+            from pureebm_lightning.poisoning.command import poison
 
-        from lightning.fabric.utilities.exceptions import MisconfigurationException
-
-        try:
             poison(argv[1:])
-        except (PoisonedDataError, OSError, MisconfigurationException) as err:  # the user's input: no traceback
-            raise SystemExit(f"pureebm poison: error: {err}") from err
-        return
-    if argv[:1] in (["-h"], ["--help"]) or not argv:
-        print("pureebm poison --attack NAME --out POISONED_DIR: make a poisoned training set, or --import FORMAT "
-              "--source PATH to read one (`pureebm poison --help`)\n"
-              "pureebm purify --data POISONED_DIR --ckpt_path EBM.ckpt: purify a poisoned training set "
-              "(`pureebm purify --help` lists its options)\n")
-    make_cli(args)
+        else:
+            make_cli(args)
+    except _user_errors() as err:
+        from pureebm_lightning.errors import one_line
+
+        raise SystemExit(f"pureebm {command}: error: {one_line(err)}") from err
     _end_process_group()
+
+
+def _parser(command: str):
+    if command == "purify":
+        from pureebm_lightning.purification.options import build_parser
+    else:
+        from pureebm_lightning.poisoning.options import build_parser
+    return build_parser()
 
 
 def make_cli(args: list[str] | None = None, run: bool = True) -> LightningCLI:
     """The LightningCLI of ``pureebm fit/validate/test/predict``; ``run=False`` only builds the model, data module
     and trainer from ``args`` (configs and flags, no subcommand), for scripts that drive them."""
-    return LightningCLI(  # models and data chosen by class_path in YAML
+    from lightning.pytorch import LightningDataModule, LightningModule
+
+    from pureebm_lightning.lightning_cli import PureEBMCLI
+
+    return PureEBMCLI(  # models and data chosen by class_path in YAML
         LightningModule,
         LightningDataModule,
         subclass_mode_model=True,

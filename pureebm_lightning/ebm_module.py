@@ -11,6 +11,8 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 
 from pureebm_lightning.chain_bank import ChainBank
+from pureebm_lightning.checkpoints import check_matches, read_ebm_checkpoint
+from pureebm_lightning.errors import NonFiniteError
 from pureebm_lightning.langevin import LangevinSampler
 
 CHECKPOINT_KEY = "chain_bank"
@@ -21,10 +23,6 @@ def _built_by_cli() -> bool:
     from lightning.pytorch.core.mixins.hparams_mixin import _given_hyperparameters
 
     return _given_hyperparameters.get() is not None
-
-
-class NonFiniteError(RuntimeError):
-    """Raised when energies or chains stop being finite during EBM training."""
 
 
 def batch_images(batch: Any) -> Tensor:
@@ -102,7 +100,8 @@ class EBMModule(LightningModule):
     # -- the chain bank and this rank's randomness -----------------------------------------------------
     def setup(self, stage: str) -> None:
         if stage == "fit" and self.init_weights:
-            ckpt = torch.load(self.init_weights, map_location="cpu", weights_only=True)
+            ckpt = read_ebm_checkpoint(self.init_weights)
+            check_matches(ckpt, self, self.init_weights)
             self.load_state_dict(ckpt["state_dict"])
             if CHECKPOINT_KEY in ckpt:
                 self._restore_bank(ckpt[CHECKPOINT_KEY])

@@ -9,7 +9,9 @@ purified folder is evaluated against the same attack). Two kinds:
   ``magnification`` m (additive; the paper tests at 1, Narcissus' paper at 3) and ``alpha`` (blend).
   Poison success: share of clean test images whose class is not the target that, triggered, are
   classified as the target. Mode "images" has no trigger array: ``folder`` holds test images already
-  triggered by the attack's own tool (BackdoorBench's ``bd_test_dataset``), all counted.
+  triggered by the attack's own tool (BackdoorBench's ``bd_test_dataset``), each under the class the
+  attack wants it classified as, all counted; ``target_class`` is null when that class differs per image
+  (BackdoorBench's all2all).
 - ``targeted`` (Gradient Matching, Bullseye Polytope): ``targets``, a list of {``file``: image path
   relative to the folder, ``intended_class``}. Poison success: share of targets classified as intended.
 
@@ -56,7 +58,8 @@ class PoisonSpec:
             return None
         if kind not in ("triggered", "targeted"):
             raise ValueError(f"{path}: 'kind' must be 'triggered' or 'targeted', got {kind!r}")
-        if kind == "triggered" and (raw.get("target_class") is None or not raw.get("trigger")):
+        images_mode = (raw.get("trigger") or {}).get("mode") == "images"  # all2all: each image its own target
+        if kind == "triggered" and (not raw.get("trigger") or (raw.get("target_class") is None and not images_mode)):
             raise ValueError(f"{path}: a triggered attack needs 'target_class' and 'trigger'")
         if kind == "targeted" and not raw.get("targets"):
             raise ValueError(f"{path}: a targeted attack needs 'targets'")

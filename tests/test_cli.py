@@ -94,5 +94,6 @@ def test_cinic10_data_config_swaps_the_data_module(capsys):
 
 
 def test_cifar_config_without_data_fails_at_once_saying_where(in_tmp):
-    with pytest.raises(FileNotFoundError, match=r"cifar-10-batches-py.*Nothing is downloaded"):
+    with pytest.raises(SystemExit, match=r"^pureebm fit: error: .*cifar-10-batches-py.*Nothing is downloaded") as err:
         main(["fit", "--config", str(CONFIGS / "ebm.yaml"), "--data.init_args.root=nowhere", "--trainer.accelerator=cpu"])
+    assert isinstance(err.value.__cause__, FileNotFoundError) and "\n" not in str(err.value)

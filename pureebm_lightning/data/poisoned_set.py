@@ -13,7 +13,8 @@ from torchvision.transforms import v2
 
 from pureebm_lightning.poison_spec import PoisonSpec, apply_trigger
 from pureebm_lightning.purification.purifier import to_signed_unit
-from pureebm_lightning.purification.sources import PoisonedDataError, PoisonedSource, open_source, read_image
+from pureebm_lightning.errors import PoisonedDataError
+from pureebm_lightning.purification.sources import PoisonedSource, open_source, read_image
 
 
 class _Picked:
@@ -101,6 +102,11 @@ class PoisonedSetDataModule(LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         if self.source is None:
+            if not Path(self.data).expanduser().is_dir():
+                raise PoisonedDataError(
+                    f"{self.data}: no such folder (data.init_args.data). Make it with `pureebm poison --attack badnets "
+                    f"--out {self.data}` (or --import FORMAT --source PATH for another tool's poisons), or purify one "
+                    f"into it with `pureebm purify --data POISONED_DIR --out {self.data}`")
             self.source = open_source(self.data)
             manifest = self.source.root / "manifest.json"
             if manifest.is_file() and json.loads(manifest.read_text()).get("complete") is False:

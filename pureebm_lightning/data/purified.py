@@ -8,6 +8,7 @@ from typing import Any, Callable
 
 import torch
 from torch.utils.data import DataLoader
+from lightning.pytorch.utilities import rank_zero_info
 from tqdm.auto import tqdm
 
 from pureebm_lightning.data.poisoned_set import PoisonedSetDataModule
@@ -86,15 +87,19 @@ class PurifiedDataModule(PoisonedSetDataModule):
         store = PurifiedStore(source, root / key, {**self.purifier.settings(), "batch_size": self.purify_batch_size})
         store.check(overwrite=False)  # every rank, on the same untouched folder: all refuse together
         self._barrier("purify-cache-checked")  # no rank checks while rank 0 is already preparing
-        if rank == 0:
+        if rank == 0:  # another run filling the same cache: wait for it, then take what it made
+            store.lock.acquire(wait=True, on_wait=lambda who: rank_zero_info(f"Waiting for {who}, which is filling the cache {store.out}"))
             store.prepare(overwrite=False)
-        self._barrier("purify-cache-prepared")  # every rank lists what is missing only after rank 0 prepared
-        mine = store.todo_blocks(self.purify_batch_size)[rank::world]
-        loader = DataLoader(SourceImages(source), batch_sampler=BlockBatches(mine), num_workers=self.num_workers)
-        for images, indices in tqdm(loader, desc=f"Purifying (T = {self.steps})", disable=rank != 0 or not mine):
-            store.write(indices.tolist(), self.purifier(images.to(device), int(indices[0])), rank=rank)
-        self.purified_now = sum(len(b) for b in mine)
-        store.finish_on_rank_zero(self.trainer.strategy if self.trainer is not None else None)
+        try:
+            self._barrier("purify-cache-prepared")  # every rank lists what is missing only after rank 0 prepared
+            mine = store.todo_blocks(self.purify_batch_size)[rank::world]
+            loader = DataLoader(SourceImages(source), batch_sampler=BlockBatches(mine), num_workers=self.num_workers)
+            for images, indices in tqdm(loader, desc=f"Purifying (T = {self.steps})", disable=rank != 0 or not mine):
+                store.write(indices.tolist(), self.purifier(images.to(device), int(indices[0])), rank=rank)
+            self.purified_now = sum(len(b) for b in mine)
+            store.finish_on_rank_zero(self.trainer.strategy if self.trainer is not None else None)
+        finally:
+            store.lock.release()
         return store
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> tuple[torch.Tensor, torch.Tensor]:

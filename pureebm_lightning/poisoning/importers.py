@@ -1,18 +1,18 @@
-"""Poisoned sets made by other tools (``../shared/design/FORMATS.md``), read into a :class:`Poisoning`.
+"""Poisoned sets made by other tools (``docs/formats.md``), read into a :class:`Poisoning`.
 
 - Witches' Brew exports: "full" (``train/``, ``test/``, ``targets/`` ImageFolders, file name = dataset
   index), "limited" (``train/`` holds only the poisons, ``targets/``) and the NumPy pair.
-- BackdoorBench: ``bd_train_dataset/<label>/<index>.png`` (poisoned samples only), a 0/1 poison indicator,
-  and ``bd_test_dataset/<label>/<index>.png`` (triggered test images); clean samples from ``--data``.
-- The "Just How Toxic" benchmark's pickles (``poisons.pickle``, ``target.pickle``, ``base_indices.pickle``):
-  unpickling runs code, so only with ``trust_pickle``.
+- BackdoorBench: ``bd_train_dataset/<original label>/<index>.png`` (poisoned samples only) and
+  ``bd_test_dataset/`` (triggered test images) likewise, ``attack_result.pt`` (poison indicator, and the label
+  the attack gives each sample) and ``info.pickle`` (target, label transform); clean samples from ``--data``.
+- The "Just How Toxic" benchmark's pickles (``poisons.pickle``, ``target.pickle``, ``base_indices.pickle``),
+  targeted or (with a patch in ``target.pickle``) triggered: unpickling runs code, so only with ``trust_pickle``.
 (A Narcissus trigger array is imported by :func:`pureebm_lightning.poisoning.narcissus.apply_narcissus_trigger`.)
 """
 
 from __future__ import annotations
 
 import pickle
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +23,15 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from pureebm_lightning.poisoning.clean_data import Split
 from pureebm_lightning.poisoning.poisoned_folder import Poisoning, Target, measure
-from pureebm_lightning.purification.sources import NUMPY_DATA, NUMPY_LABELS, PoisonedDataError, hwc_to_chw, read_image
+from pureebm_lightning.errors import PoisonedDataError
+from pureebm_lightning.purification.sources import (NUMPY_DATA, NUMPY_LABELS, check_pixel_array, hwc_to_chw, read_image,
+                                                    refuse_link_loops, to_uint8_pixels)
 
 
 def read_indexed_folder(folder: Path, mode: str) -> tuple[Split, list[str]]:
     """``folder/<class>/<index>.<ext>`` as a Split sorted by index (the file names), and the class names."""
     try:  # exports keep a folder for every class, most of them empty (Witches' Brew's targets/)
-        found = ImageFolder(str(folder), loader=lambda p: p, is_valid_file=lambda p: p.lower().endswith(IMG_EXTENSIONS),
+        found = ImageFolder(str(refuse_link_loops(folder)), loader=lambda p: p, is_valid_file=lambda p: p.lower().endswith(IMG_EXTENSIONS),
                             allow_empty=True)
     except FileNotFoundError as err:
         raise PoisonedDataError(f"{folder}: no <class>/<index>.png images ({err})") from err
@@ -86,12 +88,11 @@ def import_witches_brew(source: Path, clean_train: Split | None, clean_test: Spl
         if clean_train is None:
             raise PoisonedDataError("the Witches' Brew NumPy pair needs --data (its test split and class names)")
         data = np.load(source / NUMPY_DATA, allow_pickle=False)
-        if not np.array_equal(data, np.round(data)) or data.min() < 0 or data.max() > 255:
-            raise PoisonedDataError(f"{source / NUMPY_DATA}: expected 0..255 pixel values")
+        check_pixel_array(data, source / NUMPY_DATA)
         labels = torch.as_tensor(np.load(source / NUMPY_LABELS, allow_pickle=False).astype(np.int64)).ravel()
         if len(labels) != len(data) or labels.min() < 0 or labels.max() >= len(classes or []):
             raise PoisonedDataError(f"{source / NUMPY_LABELS}: expected {len(data)} labels in 0..{len(classes or []) - 1}")
-        images = torch.stack([hwc_to_chw(a) for a in data.astype(np.uint8)])
+        images = torch.stack([hwc_to_chw(a) for a in to_uint8_pixels(data)])
         if len(images) != len(clean_train) or images.shape[1:] != clean_train.images.shape[1:]:
             raise PoisonedDataError(f"{source / NUMPY_DATA}: {len(images)} images of shape {tuple(images.shape[1:])}, the clean "
                                     f"training set has {len(clean_train)} of {tuple(clean_train.images.shape[1:])}")
@@ -157,50 +158,106 @@ def load_torch_file(path: Path, trust_pickle: bool) -> Any:
         return torch.load(path, map_location="cpu", weights_only=False)
 
 
-def _poison_indicator(source: Path, indicator: Path | None, trust_pickle: bool) -> np.ndarray:
-    if indicator is None and (source / "poison_indicator.npy").is_file():
-        indicator = source / "poison_indicator.npy"
-    if indicator is not None:
-        if indicator.suffix == ".npy":
-            return np.load(indicator, allow_pickle=False)
-        return np.asarray(load_torch_file(indicator, trust_pickle))
-    result = source / "attack_result.pt"
-    if not result.is_file():
-        raise PoisonedDataError(f"{source}: no poison indicator (poison_indicator.npy or attack_result.pt); pass --poison_indicator")
-    record = load_torch_file(result, trust_pickle)
+def _load_record_file(path: Path, trust_pickle: bool, what: str) -> Any:
+    if not path.is_file():
+        raise PoisonedDataError(f"{path}: missing; a BackdoorBench record keeps {what} there")
     try:
-        return np.asarray(record["bd_train"]["poison_indicator"])
-    except (KeyError, TypeError) as err:
-        raise PoisonedDataError(f"{result}: no bd_train.poison_indicator in it") from err
+        return load_torch_file(path, trust_pickle)
+    except (RuntimeError, EOFError, ValueError) as err:
+        raise PoisonedDataError(f"{path}: not a readable torch.save file ({str(err).splitlines()[0]})") from err
+
+
+def _record_labels(state: Any, part: str, where: Path) -> dict[int, tuple[int, int]]:
+    """{original dataset index: (label the attack gives it, original label)} for the poisoned samples of a record's
+    ``bd_train`` or ``bd_test`` state: ``bd_data_container.data_dict[index].other_info = [bd_label, label]``."""
+    try:
+        data = state["bd_data_container"]["data_dict"]
+        labels = {}
+        for key, entry in data.items():
+            info = entry["other_info"] if isinstance(entry, dict) else list(entry)[1:]  # in-memory form: (image, bd, label)
+            labels[int(key)] = (int(info[0]), int(info[1]))
+    except (KeyError, TypeError, IndexError, ValueError) as err:
+        raise PoisonedDataError(f"{where}: no {part}.bd_data_container.data_dict with [bd_label, label] per sample "
+                                f"(is it a BackdoorBench attack_result.pt?): {err!r}") from err
+    return labels
+
+
+def _relabelled(split: Split, labels: dict[int, tuple[int, int]], folder: Path) -> Split:
+    """``split`` (read from ``folder``/<original label>/<index>.png) with each image's label the attack's label."""
+    missing = [int(i) for i in split.ids.tolist() if int(i) not in labels]
+    if missing:
+        raise PoisonedDataError(f"{folder}: images {missing[:5]} are not in attack_result.pt's data_dict")
+    wrong = [int(i) for i, y in zip(split.ids.tolist(), split.labels.tolist()) if labels[int(i)][1] != int(y)]
+    if wrong:
+        raise PoisonedDataError(f"{folder}: images {wrong[:5]} lie in another label folder than their original label in "
+                                "attack_result.pt: the folder and the record do not belong together")
+    return Split(split.images, torch.as_tensor([labels[int(i)][0] for i in split.ids.tolist()]), split.ids)
 
 
 def import_backdoorbench(source: Path, clean_train: Split, clean_test: Split, classes: list[str], mode: str,
                          indicator: Path | None = None, trust_pickle: bool = False,
                          target_class: int | None = None) -> Poisoning:
-    """A BackdoorBench record: clean training images from ``--data`` with the indicated ones replaced by the
-    record's poisoned samples (and their labels); the triggered test images, if present, are the test."""
-    flags = _poison_indicator(source, indicator, trust_pickle).astype(np.int64).ravel()
+    """A BackdoorBench record: the clean training images of ``--data`` with the poisoned ones replaced by
+    ``bd_train_dataset/<original label>/<index>.png``, trained with the label the attack gave them
+    (``attack_result.pt``'s ``other_info``); the target and the label transform from ``info.pickle``; the
+    triggered test images of ``bd_test_dataset/`` labelled as the attack wants them classified.
+    ``indicator`` (a .npy or torch file of 0/1 per training image) overrides the record's poison indicator."""
+    result_path = source / "attack_result.pt"
+    record = _load_record_file(result_path, trust_pickle, "the labels the poisons are trained with")
+    info = _load_record_file(source / "info.pickle", trust_pickle, "the attack's target and label transform")
+    if not isinstance(record, dict) or record.get("bd_train") is None or record.get("bd_test") is None:
+        raise PoisonedDataError(f"{result_path}: no bd_train and bd_test in it (attacks such as blind and lira poison "
+                                "while training and leave no poisoned training set to import)")
+    transform = str(info.get("attack_label_trans", "all2one")) if isinstance(info, dict) else "all2one"
+    recorded_target = info.get("attack_target") if isinstance(info, dict) else None
+    if transform not in ("all2one", "all2all"):
+        raise PoisonedDataError(f"{source / 'info.pickle'}: attack_label_trans {transform!r} is neither all2one nor all2all")
+    if transform == "all2one":
+        if recorded_target is None:
+            raise PoisonedDataError(f"{source / 'info.pickle'}: an all2one attack without attack_target")
+        if target_class is not None and target_class != int(recorded_target):
+            raise PoisonedDataError(f"--target_class {target_class} contradicts the record's attack_target {int(recorded_target)}")
+        target_class = int(recorded_target)
+        if target_class not in range(len(classes)):
+            raise PoisonedDataError(f"{source / 'info.pickle'}: attack_target {target_class} is not one of the {len(classes)} classes")
+    elif target_class is not None:
+        raise PoisonedDataError("--target_class does not apply to an all2all record: each image has its own target label")
+    train_labels = _record_labels(record["bd_train"], "bd_train", result_path)
+    test_labels = _record_labels(record["bd_test"], "bd_test", result_path)
+    if any(bd not in range(len(classes)) for bd, _ in [*train_labels.values(), *test_labels.values()]):
+        raise PoisonedDataError(f"{result_path}: labels outside the {len(classes)} classes of --data")
+
+    flags = (np.load(indicator, allow_pickle=False) if indicator is not None and indicator.suffix == ".npy" else
+             np.asarray(load_torch_file(indicator, trust_pickle)) if indicator is not None else
+             np.asarray(record["bd_train"].get("poison_indicator")))
+    flags = flags.astype(np.int64).ravel()
     if len(flags) != len(clean_train) or not set(np.unique(flags)) <= {0, 1}:
         raise PoisonedDataError(f"the poison indicator has {len(flags)} entries of {sorted(set(np.unique(flags)))}, "
                                 f"expected 0/1 for each of the {len(clean_train)} clean training images")
+    ids = clean_train.ids[torch.as_tensor(flags == 1)]
+    if set(ids.tolist()) != set(train_labels):
+        raise PoisonedDataError(f"{result_path}: the poison indicator marks {len(ids)} images, bd_train's data_dict holds "
+                                f"{len(train_labels)} others: not the same record")
     if not (source / "bd_test_dataset").is_dir():
         raise PoisonedDataError(f"{source}: no bd_test_dataset/ (the triggered test images), so poison success cannot be measured")
-    poisoned = _numbered_labels(*read_indexed_folder(source / "bd_train_dataset", mode), len(classes), source / "bd_train_dataset")
+    poisoned = _relabelled(_numbered_labels(*read_indexed_folder(source / "bd_train_dataset", mode), len(classes),
+                                            source / "bd_train_dataset"), train_labels, source / "bd_train_dataset")
     _check_shape(poisoned, clean_train, source / "bd_train_dataset")
-    ids = clean_train.ids[torch.as_tensor(flags == 1)]
     rows = _rows_of(poisoned, ids, str(source / "bd_train_dataset"))
     images, labels = clean_train.images.clone(), clean_train.labels.clone()
     where = _rows_of(clean_train, ids, "poison indicator")
     images[where], labels[where] = poisoned.images[rows], poisoned.labels[rows]
-    triggered = _numbered_labels(*read_indexed_folder(source / "bd_test_dataset", mode), len(classes), source / "bd_test_dataset")
+    triggered = _relabelled(_numbered_labels(*read_indexed_folder(source / "bd_test_dataset", mode), len(classes),
+                                             source / "bd_test_dataset"), test_labels, source / "bd_test_dataset")
     _check_shape(triggered, clean_test, source / "bd_test_dataset")
-    if target_class is None:
-        target_class = Counter(triggered.labels.tolist()).most_common(1)[0][0]
-    extra, spec = {"poison_test": triggered}, {"mode": "images", "folder": "poison_test", "magnification": 1.0}
+    extra = {"poison_test": triggered}
+    spec = {"mode": "images", "folder": "poison_test", "magnification": 1.0, "label_transform": transform}
+    record_facts = {"imported_from": str(source), "attack_label_trans": transform,
+                    "backdoorbench_attack": info.get("attack") if isinstance(info, dict) else None,
+                    "pratio": info.get("pratio") if isinstance(info, dict) else None}
     return Poisoning(attack="backdoorbench", kind="triggered", train=Split(images, labels, clean_train.ids),
                      test=clean_test, poison_ids=ids.tolist(), clean_label=bool((labels == clean_train.labels).all()),
-                     target_class=target_class, trigger_spec=spec, extra_folders=extra,
-                     record={"imported_from": str(source)})
+                     target_class=target_class, trigger_spec=spec, extra_folders=extra, record=record_facts)
 
 
 def _numbered_labels(split: Split, found: list[str], num_classes: int, folder: Path) -> Split:
@@ -216,13 +273,23 @@ def _unpickle(path: Path) -> Any:
 
 
 def import_just_how_toxic(source: Path, clean_train: Split, clean_test: Split, mode: str, trust_pickle: bool) -> Poisoning:
-    """The "Just How Toxic" benchmark's pickles: ``poisons.pickle`` [(PIL image, label)], ``target.pickle``
-    (PIL image, true label), ``base_indices.pickle`` (training indices the poisons replace)."""
+    """The "Just How Toxic" benchmark's pickles: ``poisons.pickle`` [(PIL image, label)], ``base_indices.pickle``
+    (training indices the poisons replace, in order) and ``target.pickle``: (PIL image, label) for the targeted
+    attacks (feature collision, convex polytope), or (PIL image, label, patch, [x, y]) for the triggered ones
+    (clean-label and hidden-trigger backdoor: the [0, 1] patch pasted with its top-left pixel at column x, row y).
+    Success, as the benchmark measures it: classified as the poisons' label (the first poison's)."""
     if not trust_pickle:
         raise PoisonedDataError(f"{source}: these are Python pickles, and unpickling runs code from the file. "
                                 "Pass --trust_pickle only if you trust where they came from")
-    poisons, (target_image, target_label), base = (_unpickle(source / n) for n in
-                                                   ("poisons.pickle", "target.pickle", "base_indices.pickle"))
+    for name in ("poisons.pickle", "target.pickle", "base_indices.pickle"):
+        if not (source / name).is_file():
+            raise PoisonedDataError(f"{source / name}: missing (the benchmark writes poisons.pickle, target.pickle and base_indices.pickle)")
+    poisons, target_tuple, base = (_unpickle(source / n) for n in ("poisons.pickle", "target.pickle", "base_indices.pickle"))
+    if not isinstance(target_tuple, (tuple, list)) or len(target_tuple) not in (2, 4):
+        raise PoisonedDataError(f"{source / 'target.pickle'}: expected (image, label) or (image, label, patch, [x, y]), "
+                                f"got a {type(target_tuple).__name__} of {len(target_tuple) if hasattr(target_tuple, '__len__') else '?'} items")
+    if not poisons:
+        raise PoisonedDataError(f"{source / 'poisons.pickle'}: no poisons in it")
     base = torch.as_tensor(np.asarray(base), dtype=torch.long).ravel()
     if len(base) != len(poisons):
         raise PoisonedDataError(f"{source}: {len(poisons)} poisons but {len(base)} base indices")
@@ -232,9 +299,28 @@ def import_just_how_toxic(source: Path, clean_train: Split, clean_test: Split, m
     _check_shape(Split(stacked, labels[rows], base), clean_train, source / "poisons.pickle")
     images[rows] = stacked
     labels[rows] = torch.as_tensor([int(label) for _, label in poisons])
-    intended = Counter(int(label) for _, label in poisons).most_common(1)[0][0]
-    target = Target(hwc_to_chw(np.array(target_image.convert(mode))), None, int(target_label), intended)
-    return Poisoning(attack="just_how_toxic", kind="targeted", train=Split(images, labels, clean_train.ids),
-                     test=clean_test, poison_ids=base.tolist(), clean_label=bool((labels == clean_train.labels).all()),
-                     targets=[target],
-                     record={"imported_from": str(source)})
+    poisoned_label = int(poisons[0][1])
+    target_image, target_label = hwc_to_chw(np.array(target_tuple[0].convert(mode))), int(target_tuple[1])
+    common = {"train": Split(images, labels, clean_train.ids), "test": clean_test, "poison_ids": base.tolist(),
+              "clean_label": bool((labels == clean_train.labels).all())}
+    if len(target_tuple) == 2:
+        target = Target(target_image, None, target_label, poisoned_label)
+        return Poisoning(attack="just_how_toxic", kind="targeted", targets=[target],
+                         record={"imported_from": str(source)}, **common)
+    patch = torch.as_tensor(np.asarray(target_tuple[2]), dtype=torch.float32)
+    x, y = (int(v) for v in target_tuple[3])
+    c, h, w = clean_train.images.shape[1:]
+    if patch.ndim != 3 or patch.shape[0] != 3 or patch.min() < 0 or patch.max() > 1:
+        raise PoisonedDataError(f"{source / 'target.pickle'}: the patch must be a 3 x ps x ps tensor in [0, 1], got shape "
+                                f"{tuple(patch.shape)} in [{float(patch.min()):g}, {float(patch.max()):g}]")
+    if c != 3:
+        raise PoisonedDataError(f"{source / 'target.pickle'}: an RGB patch, but the clean set given by --data is grey")
+    if not (0 <= y and y + patch.shape[1] <= h and 0 <= x and x + patch.shape[2] <= w):
+        raise PoisonedDataError(f"{source / 'target.pickle'}: a {patch.shape[1]}x{patch.shape[2]} patch at x={x}, y={y} does not fit "
+                                f"{h}x{w} images")
+    spec = {"mode": "patch", "position": [y, x], "magnification": 1.0}
+    record = {"imported_from": str(source), "target_image_class": target_label,
+              "note": "the benchmark tests one target image with the patch; here every clean test image not of the "
+                      "poisons' class is tested with it"}
+    return Poisoning(attack="just_how_toxic_backdoor", kind="triggered", target_class=poisoned_label,
+                     trigger=patch * 2 - 1, trigger_spec=spec, record=record, **common)

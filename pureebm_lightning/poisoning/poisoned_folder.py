@@ -150,7 +150,7 @@ def _write(partial: Path, result: Poisoning, classes: list[str], clean_train: Sp
     spec: dict[str, Any] = {"attack": result.attack, "kind": result.kind, "clean_label": result.clean_label}
     if result.kind == "triggered":
         spec["target_class"] = result.target_class
-        spec["target_class_name"] = classes[result.target_class]
+        spec["target_class_name"] = None if result.target_class is None else classes[result.target_class]
         spec["trigger"] = dict(result.trigger_spec or {})
         if result.trigger is not None:
             np.save(partial / TRIGGER_FILE, result.trigger.float().numpy().astype(np.float32))

@@ -6,14 +6,16 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import torch
 from PIL import Image
 
 from pureebm_lightning import __version__
-from pureebm_lightning.purification.sources import NUMPY_DATA, NUMPY_LABELS, PoisonedSource, blocks, hwc_to_chw, hwc_to_pil, read_image
+from pureebm_lightning.purification.output_lock import LOCK_FILE, OutputLock
+from pureebm_lightning.purification.sources import (NUMPY_DATA, NUMPY_LABELS, PoisonedSource, blocks, hwc_to_chw, hwc_to_pil,
+                                                    read_image, to_uint8_pixels)
 
 if TYPE_CHECKING:
     from lightning.pytorch.strategies import Strategy
@@ -39,6 +41,7 @@ class PurifiedStore:
     An ImageFolder source is mirrored file by file (other splits copied unchanged when finished); a NumPy
     source is written in chunks under ``out/.chunks`` and assembled into the same NumPy pair at the end.
     What is already in ``out`` from the same run (same checkpoint hash, T, eps, tau, seed) counts as done.
+    ``lock`` (:class:`OutputLock` on ``out``) is taken by the process that prepares the folder, for the whole run.
     """
 
     def __init__(self, source: PoisonedSource, out: str | Path, settings: dict[str, Any]) -> None:
@@ -46,6 +49,7 @@ class PurifiedStore:
         self.settings = {"source": str(source.root.resolve()), **settings}
         self.chunks = self.out / ".chunks"
         self._purified: np.ndarray | None = None  # the assembled NumPy output, opened by load()
+        self.lock = OutputLock(self.out)
 
     # -- the run's identity ---------------------------------------------------------------------------
     def read_manifest(self) -> dict[str, Any] | None:
@@ -62,7 +66,7 @@ class PurifiedStore:
             return
         manifest = self.read_manifest()
         if manifest is None:
-            if any(self.out.iterdir()):
+            if any(p.name != LOCK_FILE for p in self.out.iterdir()):
                 raise PurificationConflict(f"{self.out} is not empty and has no {MANIFEST} (it is not a purify output): choose another --out")
             return
         if overwrite:
@@ -85,8 +89,14 @@ class PurifiedStore:
     def prepare(self, overwrite: bool) -> None:
         """Before any rank writes (call on one process): with ``overwrite`` delete the previous purify output
         (``check`` made sure it is one), remove partial files a killed run left, write an incomplete manifest."""
-        if overwrite and self.out.exists():
-            shutil.rmtree(self.out)
+        if overwrite and self.out.exists():  # everything but the lock file, which this run holds
+            for entry in self.out.iterdir():
+                if entry.name == LOCK_FILE:
+                    continue
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
         if self.out.exists():
             for stale in self.out.rglob(".*.tmp*"):
                 stale.unlink(missing_ok=True)
@@ -118,20 +128,15 @@ class PurifiedStore:
         if self.source.kind == "numpy":
             self.chunks.mkdir(parents=True, exist_ok=True)
             path = self.chunks / f"{indices[0]:09d}-{rank}-{len(indices)}.npz"
-            tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-            with open(tmp, "wb") as f:
-                np.savez(f, indices=np.asarray(indices), images=arrays)
-            os.replace(tmp, path)
+            _atomic_write(path, lambda f: np.savez(f, indices=np.asarray(indices), images=arrays))
             return
         for i, arr in zip(indices, arrays):
             path = self.out / self.source.keys[i]
             if path.is_file():
                 continue
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
             fmt = _PIL_FORMATS.get(path.suffix.lower(), "PNG")
-            hwc_to_pil(arr).save(tmp, format=fmt, **_LOSSLESS_AS_POSSIBLE.get(fmt, {}))
-            os.replace(tmp, path)
+            _atomic_write(path, lambda f, arr=arr, fmt=fmt: hwc_to_pil(arr).save(f, format=fmt, **_LOSSLESS_AS_POSSIBLE.get(fmt, {})))
 
     def finish(self) -> None:
         """Assemble NumPy chunks, copy the other splits, mark the manifest complete (call once, on one process)."""
@@ -142,13 +147,17 @@ class PurifiedStore:
         if self.source.kind == "numpy" and self.chunks.is_dir():
             src = self.source._array
             tmp = self.out / f".{NUMPY_DATA}.tmp{os.getpid()}"
-            out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=src.shape)
-            for chunk in self.chunks.glob("*.npz"):
-                with np.load(chunk) as z:
-                    out[z["indices"]] = z["images"].reshape((-1, *src.shape[1:]))
-            out.flush()
-            del out
-            os.replace(tmp, self.out / NUMPY_DATA)
+            try:
+                out = np.lib.format.open_memmap(tmp, mode="w+", dtype=src.dtype, shape=src.shape)  # as the input stores pixels
+                for chunk in self.chunks.glob("*.npz"):
+                    with np.load(chunk) as z:
+                        out[z["indices"]] = z["images"].reshape((-1, *src.shape[1:]))
+                out.flush()
+                del out
+                os.replace(tmp, self.out / NUMPY_DATA)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
             shutil.copy2(self.source.root / NUMPY_LABELS, self.out / NUMPY_LABELS)
         for name in self.source.other_entries:
             src, dst = self.source.root / name, self.out / name
@@ -182,11 +191,22 @@ class PurifiedStore:
         if self.source.kind == "numpy":
             if self._purified is None:
                 self._purified = np.load(self.out / NUMPY_DATA, mmap_mode="r")
-            return hwc_to_chw(np.array(self._purified[i]))
+            return hwc_to_chw(to_uint8_pixels(np.array(self._purified[i])))
         return read_image(self.out / self.source.keys[i], self.source.mode)
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
+def _atomic_write(path: Path, write: Callable[[Any], None]) -> None:
+    """``write(file)`` into a hidden temporary file beside ``path``, then renamed to ``path``: the file appears only
+    complete. A failed write (a full disk, a kill signal) removes the temporary file."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    _atomic_write(path, lambda f: f.write(data))

@@ -11,7 +11,8 @@ import torch
 from torch import Tensor, nn
 
 from pureebm_lightning.langevin import LangevinSampler
-from pureebm_lightning.purification.sources import PoisonedDataError
+from pureebm_lightning.checkpoints import read_ebm_checkpoint
+from pureebm_lightning.errors import CheckpointError, PoisonedDataError
 
 
 def file_sha256(path: str | Path) -> str:
@@ -54,16 +55,15 @@ class Purifier:
         from pureebm_lightning.ebm_module import EBMModule
 
         path = Path(path).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(f"EBM checkpoint not found: {path}")
+        ckpt = read_ebm_checkpoint(path)  # one-line errors for empty, truncated and other models' files
         try:
             module = EBMModule.load_from_checkpoint(path, map_location="cpu")
         except TypeError as err:  # no energy_net in the hyper-parameters
-            raise ValueError(
+            raise CheckpointError(
                 f"{path} does not record its energy network's configuration ({err}); use a checkpoint written by "
                 "`pureebm fit`, or build Purifier(energy_net, sampler) in Python"
             ) from err
-        bank = torch.load(path, map_location="cpu", weights_only=True, mmap=True).get("chain_bank")
+        bank = ckpt.get("chain_bank")
         shape = tuple(bank.shape[2:]) if bank is not None else None
         return cls(module.energy_net, module.sampler, steps, seed, str(path.resolve()), file_sha256(path), shape)
 

@@ -10,7 +10,8 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
-from pureebm_lightning.purification.purified_store import PurifiedStore
+from pureebm_lightning.purification.output_lock import OutputLocked
+from pureebm_lightning.purification.purified_store import PurificationConflict, PurifiedStore
 from pureebm_lightning.purification.jpeg_purifier import JPEGPurifier
 from pureebm_lightning.purification.purifier import Purifier
 from pureebm_lightning.purification.sources import BlockBatches, SourceImages
@@ -20,8 +21,9 @@ class PurifyModule(LightningModule):
     """Purifies the blocks of ``store``'s source that are not done yet; needs ``Trainer(inference_mode=False,
     use_distributed_sampler=False)``: rank r takes every world_size-th missing block.
 
-    In ``setup`` (process group up, before any image is read) global rank 0 prepares the output folder
-    (``--overwrite`` deletion, stale partial files, manifest); every rank then waits for it. With
+    In ``setup`` (process group up, before any image is read) global rank 0 takes the output folder's lock
+    (held until the process ends or ``store.lock.release()``) and prepares the folder (``--overwrite``
+    deletion, stale partial files, manifest); every rank then waits for it. With
     ``diagnostic_points`` it also sums energies and L2 distances from the start image at those steps; after
     the loop ``diagnostics`` holds their means over the images of every rank.
     """
@@ -37,8 +39,18 @@ class PurifyModule(LightningModule):
         self._sums: torch.Tensor | None = None
 
     def setup(self, stage: str) -> None:
-        if self.trainer.is_global_zero:
-            self.store.prepare(self.overwrite)
+        error = None
+        if self.trainer.is_global_zero:  # one writer per folder: the lock, then the checks again under it
+            try:
+                self.store.lock.acquire()
+                self.store.check(self.overwrite)
+                self.store.prepare(self.overwrite)
+            except (OutputLocked, PurificationConflict, OSError) as err:
+                self.store.lock.release()
+                error = err
+        error = self.trainer.strategy.broadcast(error, src=0)  # every rank fails together, none waits
+        if error is not None:
+            raise error
         self.trainer.strategy.barrier("purify-prepared")
 
     def predict_dataloader(self) -> DataLoader:

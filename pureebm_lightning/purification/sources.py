@@ -1,7 +1,8 @@
-"""Poisoned training sets on disk (FORMATS.md): ImageFolder trees and the Witches' Brew NumPy pair."""
+"""Poisoned training sets on disk (``docs/formats.md``): ImageFolder trees and the Witches' Brew NumPy pair."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,14 +13,12 @@ from torch.utils.data import Dataset, Sampler
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
+from pureebm_lightning.errors import PoisonedDataError
+
 NUMPY_DATA = "poisoned_training_data.npy"
 #: PIL modes read as grey (1 channel) or colour (3 channels); others (16-bit, alpha, CMYK) are refused
 GREY_MODES, COLOUR_MODES = ("L", "1"), ("RGB", "P")
 NUMPY_LABELS = "poisoned_training_labels.npy"
-
-
-class PoisonedDataError(ValueError):
-    """A poisoned input that cannot be purified; the message names the file and the problem."""
 
 
 def hwc_to_chw(arr: np.ndarray) -> torch.Tensor:
@@ -43,6 +42,16 @@ def read_image(path: Path, mode: str) -> torch.Tensor:
     try:
         with Image.open(path) as img:
             return hwc_to_chw(np.array(img.convert(mode)))
+    except (OSError, UnidentifiedImageError) as err:
+        raise PoisonedDataError(f"{path}: cannot read this image ({err})") from err
+
+
+def read_pil_rgb(path: str | Path) -> Image.Image:
+    """The image file at ``path`` as an RGB PIL image (torchvision's ImageFolder loader), with an error naming
+    the file when it cannot be read (a truncated or corrupt file)."""
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
     except (OSError, UnidentifiedImageError) as err:
         raise PoisonedDataError(f"{path}: cannot read this image ({err})") from err
 
@@ -79,7 +88,7 @@ class PoisonedSource:
 
     def load(self, i: int) -> torch.Tensor:
         """Image ``i`` as a (C, H, W) uint8 tensor."""
-        image = hwc_to_chw(np.array(self._array[i])) if self.kind == "numpy" else read_image(self.path(i), self.mode)
+        image = hwc_to_chw(to_uint8_pixels(np.array(self._array[i]))) if self.kind == "numpy" else read_image(self.path(i), self.mode)
         if tuple(image.shape) != self.shape:
             where = f"row {i}" if self.kind == "numpy" else self.path(i)
             raise PoisonedDataError(f"{where}: shape {tuple(image.shape)} differs from the set's {self.shape}")
@@ -118,6 +127,36 @@ def blocks(count: int, size: int) -> list[list[int]]:
     return [list(range(start, min(start + size, count))) for start in range(0, count, size)]
 
 
+def refuse_link_loops(folder: str | Path) -> Path:
+    """``folder``, after checking that no symbolic link in it leads back to a folder above the link: walked, such
+    a loop would be followed about 40 levels deep and every image read again at each level."""
+    folder = Path(folder)
+    stack = [(folder, (os.path.realpath(folder),))]
+    while stack:
+        path, ancestors = stack.pop()
+        try:
+            entries = list(os.scandir(path))
+        except OSError as err:
+            raise PoisonedDataError(f"{path}: cannot list this folder ({err.strerror})") from err
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=True):
+                real = os.path.realpath(entry.path)
+                if real in ancestors:
+                    raise PoisonedDataError(f"{entry.path}: a symbolic link back to {real}, which contains it (a loop): "
+                                            "remove the link or replace it with the folder it should point to")
+                stack.append((Path(entry.path), (*ancestors, real)))
+    return folder
+
+
+def _refuse_nested_set(root: Path) -> None:
+    """A folder whose class folders are themselves poisoned sets (``pureebm poison --out poisoned/digits``, then
+    ``--data poisoned/``) would be read as one class holding train/ and test/ images alike."""
+    for child in sorted(p for p in root.iterdir() if p.is_dir()):
+        if (child / "train").is_dir() and any(p.is_dir() for p in (child / "train").iterdir()):
+            raise PoisonedDataError(f"{root}: its folder {child.name}/ is a whole data set (it holds train/): "
+                                    f"pass --data {child} instead")
+
+
 def open_source(root: str | Path) -> PoisonedSource:
     """Find the poisoned training images under ``root``; fail with a clear message if there are none."""
     root = Path(root).expanduser()
@@ -128,6 +167,7 @@ def open_source(root: str | Path) -> PoisonedSource:
     if (root / "train").is_dir():
         others = sorted(p.name for p in root.iterdir() if p.name not in ("train", "manifest.json") and not p.name.startswith("."))
         return _open_image_folder(root, "train", others)
+    _refuse_nested_set(root)
     return _open_image_folder(root, "", [])
 
 
@@ -137,10 +177,11 @@ def _open_numpy(root: Path) -> PoisonedSource:
         data = np.load(data_path, mmap_mode="r", allow_pickle=False)
     except ValueError as err:
         raise PoisonedDataError(f"{data_path}: not a plain NumPy array ({err})") from err
-    if data.dtype != np.uint8 or data.ndim not in (3, 4) or (data.ndim == 4 and data.shape[3] not in (1, 3)):
-        raise PoisonedDataError(f"{data_path}: expected uint8 N x H x W x 3 (or N x H x W) images, got {data.dtype} {data.shape}")
+    if data.ndim not in (3, 4) or (data.ndim == 4 and data.shape[3] not in (1, 3)):
+        raise PoisonedDataError(f"{data_path}: expected N x H x W x 3 (or N x H x W) images, got shape {data.shape}")
     if len(data) == 0:
         raise PoisonedDataError(f"{data_path}: holds no images")
+    check_pixel_array(data, data_path)
     if not labels_path.is_file():
         raise PoisonedDataError(f"{labels_path}: missing (the NumPy pair needs its labels beside the images)")
     labels = np.load(labels_path, allow_pickle=False)
@@ -155,8 +196,30 @@ def _open_numpy(root: Path) -> PoisonedSource:
     )
 
 
+def check_pixel_array(data: np.ndarray, where: Path, chunk: int = 1024) -> None:
+    """8-bit pixels: uint8, or a float array (Witches' Brew's NumPy export is float64) of whole numbers in 0..255."""
+    if data.dtype == np.uint8:
+        return
+    if data.dtype.kind != "f":
+        raise PoisonedDataError(f"{where}: pixels of type {data.dtype}; expected uint8, or floats that are whole numbers in 0..255")
+    for start in range(0, len(data), chunk):  # a memory map: checked in pieces
+        part = np.asarray(data[start : start + chunk])
+        if not np.isfinite(part).all() or part.min() < 0 or part.max() > 255:
+            raise PoisonedDataError(f"{where}: float pixels outside 0..255 (from {part.min():g} to {part.max():g} in rows "
+                                    f"{start}..{start + len(part) - 1}); expected 8-bit values: images in [0, 1] or [-1, 1] "
+                                    "must be scaled to 0..255 first")
+        if not np.array_equal(part, np.round(part)):
+            raise PoisonedDataError(f"{where}: float pixels that are not whole numbers (rows {start}..{start + len(part) - 1}); "
+                                    "expected 8-bit values 0..255 stored as floats")
+
+
+def to_uint8_pixels(arr: np.ndarray) -> np.ndarray:
+    """An array that :func:`check_pixel_array` accepted, as uint8."""
+    return arr if arr.dtype == np.uint8 else np.asarray(arr).astype(np.uint8)
+
+
 def _open_image_folder(root: Path, split: str, others: list[str]) -> PoisonedSource:
-    folder = root / split if split else root
+    folder = refuse_link_loops(root / split if split else root)
     try:
         found = ImageFolder(str(folder), loader=lambda p: p, is_valid_file=lambda p: p.lower().endswith(IMG_EXTENSIONS))
         samples = found.samples

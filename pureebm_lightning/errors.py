@@ -1,0 +1,40 @@
+"""The project's error types (each message names the file and the fix), and one line for the user from any of them."""
+
+from __future__ import annotations
+
+import re
+
+
+class PoisonedDataError(ValueError):
+    """A poisoned input that cannot be purified or trained on; the message names the file and the problem."""
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used for what it was passed to (empty, truncated, or of another model)."""
+
+
+class NonFiniteError(RuntimeError):
+    """Energies or chains stopped being finite during EBM training (the message says what to change)."""
+
+
+class UsageError(ValueError):
+    """Command-line arguments that cannot work together or are out of range (checked before any loading)."""
+
+
+_WORKER = re.compile(r"^Caught \w+ in DataLoader worker process \d+\.\s*\nOriginal Traceback", re.M)
+_LAST_LINE = re.compile(r"^(?:[\w.]+\.)?(\w+(?:Error|Exception|Exit|Interrupt|Locked|Conflict)):\s?(.*)$")
+
+
+def one_line(err: BaseException) -> str:
+    """The message of ``err`` on one line. An error raised in a DataLoader worker arrives wrapped in the worker's
+    whole traceback ("Caught X in DataLoader worker process 0. Original Traceback ..."): its cause is the
+    traceback's last line, which is what is returned."""
+    text = str(err).strip()
+    if _WORKER.search(text):
+        lines = [line for line in text.splitlines() if line.strip()]
+        match = _LAST_LINE.match(lines[-1].strip()) if lines else None
+        text = match.group(2) if match else lines[-1].strip()
+        text = f"{text} (in a data-loading worker)"
+    if isinstance(err, OSError) and err.filename is not None and str(err.filename) not in text:
+        text = f"{err.filename}: {text}"
+    return " ".join(text.split()) or type(err).__name__

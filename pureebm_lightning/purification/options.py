@@ -1,0 +1,55 @@
+"""The options of ``pureebm purify`` (parsed without importing torch or Lightning, so that ``--help`` answers at once)."""
+
+from __future__ import annotations
+
+from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser
+
+#: the Trainer options purification honours (the rest of Lightning's Trainer does not apply to it)
+TRAINER_OPTIONS = {
+    "accelerator": (str, "auto", "cpu, gpu, tpu, mps or auto"),
+    "devices": (int | str | list[int], "auto", "devices per node (a count, a list of indices, or auto)"),
+    "num_nodes": (int, 1, "machines (DDP; under SLURM, sbatch's --nodes)"),
+    "strategy": (str, "auto", "auto, or ddp for several devices"),
+    "precision": (str | int | None, None, "numerics of the energy net: 32-true (default) or bf16-mixed (changes results)"),
+    "enable_progress_bar": (bool | None, None, "the progress bar with images per second (false for logs)"),
+    "enable_model_summary": (bool | None, None, "Lightning's model summary at the start"),
+}
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(
+        prog="pureebm purify",
+        description="Purify a poisoned training set: every training image becomes T Langevin steps of a trained EBM "
+        "started at it (clamped to [-1, 1], stored as 8 bits), written with the same layout and file names. "
+        "Other splits (test/, targets/, poison.json) are copied unchanged. An interrupted run finishes with the same "
+        "command; one run at a time writes an output folder.",
+    )
+    parser.add_argument("--config", action=ActionConfigFile, help="YAML with any of the options below")
+    parser.add_argument("--data", type=str, required=True,
+                        help="poisoned folder: <class>/<file>, train/<class>/<file> (other splits copied), or poisoned_training_{data,labels}.npy")
+    parser.add_argument("--ckpt_path", type=str | None, default=None, help="EBM checkpoint written by `pureebm fit`")
+    parser.add_argument("--jpeg_quality", type=int | None, default=None,
+                        help="instead of an EBM: the JPEG baseline defense at this quality (e.g. 75)")
+    parser.add_argument("--out", type=str | None, default=None, help="output folder (default: <data>_purified beside the input)")
+    parser.add_argument("--steps", type=int, default=150, help="T, Langevin steps per image (paper: 150 from scratch)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the Langevin noise")
+    parser.add_argument("--batch_size", type=int, default=128,
+                        help="images per batch and device; also the block whose noise is seeded together (results depend on it)")
+    parser.add_argument("--num_workers", type=int | None, default=None,
+                        help="data-loading worker processes per device (default: 0 on CPU, where workers take cores from "
+                        "the computation, 2 on accelerators)")
+    parser.add_argument("--threads", type=int | None, default=None,
+                        help="CPU threads of the computation (default: one per core idle when the run starts)")
+    parser.add_argument("--overwrite", action=ActionYesNo, default=False,
+                        help="replace another run's output in --out and purify every image again")
+    parser.add_argument("--diagnostics", action=ActionYesNo, default=False,
+                        help="record mean energy and L2 distance from the start along the chain: purify_diagnostics.csv/.png")
+    parser.add_argument("--diagnostic_points", type=int, default=10, help="intervals between recorded steps")
+    group = parser.add_argument_group("GPU speed (SpeedOptions; bf16 is --trainer.precision bf16-mixed)")
+    group.add_argument("--tf32", action=ActionYesNo, default=False, help="TF32 matmuls and convolutions (changes numerics)")
+    group.add_argument("--channels_last", action=ActionYesNo, default=False, help="channels-last energy net and chains")
+    group.add_argument("--compile", action=ActionYesNo, default=False, help="torch.compile the energy network")
+    group = parser.add_argument_group("Devices (Lightning Trainer options that purification honours)")
+    for name, (kind, default, text) in TRAINER_OPTIONS.items():
+        group.add_argument(f"--trainer.{name}", type=kind, default=default, help=text)
+    return parser
