@@ -37,18 +37,6 @@ def _end_process_group() -> None:
         dist.destroy_process_group()
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """Errors that are the input's or the machine's, not the program's: reported on one line, without a traceback."""
-    from lightning.fabric.utilities.exceptions import MisconfigurationException
-
-    from pureebm_lightning.errors import CheckpointError, NonFiniteError, PoisonedDataError, UsageError
-    from pureebm_lightning.purification.output_lock import OutputLocked
-    from pureebm_lightning.purification.purified_store import PurificationConflict
-
-    return (PoisonedDataError, CheckpointError, UsageError, NonFiniteError, OutputLocked, PurificationConflict,
-            MisconfigurationException, OSError)
-
-
 def main(args: list[str] | None = None) -> None:
     """Entry point of ``pureebm``; ``args`` replaces ``sys.argv[1:]`` (for tests).
 
@@ -80,11 +68,15 @@ def main(args: list[str] | None = None) -> None:
             poison(argv[1:])
         else:
             make_cli(args)
-    except _user_errors() as err:
-        from pureebm_lightning.errors import one_line
+    except Exception as err:
+        from pureebm_lightning.errors import is_user_error, one_line
 
+        if not is_user_error(err):
+            raise
         raise SystemExit(f"pureebm {command}: error: {one_line(err)}") from err
-    _end_process_group()
+    finally:
+        if "torch" in sys.modules:  # nothing to end when torch was never loaded
+            _end_process_group()
 
 
 def _parser(command: str):

@@ -17,6 +17,14 @@ class NonFiniteError(RuntimeError):
     """Energies or chains stopped being finite during EBM training (the message says what to change)."""
 
 
+class PurificationConflict(RuntimeError):
+    """The output folder holds another run's output."""
+
+
+class OutputLocked(RuntimeError):
+    """Another live process holds the output folder's lock; the message names it."""
+
+
 class UsageError(ValueError):
     """Command-line arguments that cannot work together or are out of range (checked before any loading)."""
 
@@ -38,3 +46,13 @@ def one_line(err: BaseException) -> str:
     if isinstance(err, OSError) and err.filename is not None and str(err.filename) not in text:
         text = f"{err.filename}: {text}"
     return " ".join(text.split()) or type(err).__name__
+
+
+def is_user_error(err: BaseException) -> bool:
+    """Whether ``err`` is the input's or the machine's fault, not the program's: shown as one line, no traceback.
+    (Lightning's configuration errors count; checking them imports nothing that is not loaded already.)"""
+    import sys
+
+    mine = (PoisonedDataError, CheckpointError, UsageError, NonFiniteError, PurificationConflict, OutputLocked, OSError)
+    lightning = sys.modules.get("lightning.fabric.utilities.exceptions")
+    return isinstance(err, mine) or (lightning is not None and isinstance(err, lightning.MisconfigurationException))

@@ -16,6 +16,8 @@ from pureebm_lightning.runtime import configure_threads
 
 #: ``--ckpt_path`` values that Lightning resolves itself (not files)
 SPECIAL_CHECKPOINTS = ("last", "best", "hpc", "registry")
+#: where each of the project's modules keeps its weights in a state dict
+WEIGHT_PREFIX = {"EBMModule": "energy_net.", "ClassifierModule": "net."}
 
 
 class PureEBMCLI(LightningCLI):
@@ -50,8 +52,12 @@ class PureEBMCLI(LightningCLI):
         there = (ckpt.get("hyper_parameters") or {}).get("_class_path")
         model = self.config[self.config.subcommand].get("model")
         here = getattr(model, "class_path", None)
+        prefix = WEIGHT_PREFIX.get(str(here).rsplit(".", 1)[-1])
+        if prefix and not all(k.startswith(prefix) for k in ckpt["state_dict"]):  # also without a recorded class
+            raise CheckpointError(f"{ckpt_path}: {kind_of(ckpt)}, but the config builds {here.rsplit('.', 1)[-1]}: "
+                                  "pass the config the checkpoint was trained with")
         if there and here and there.rsplit(".", 1)[-1] != here.rsplit(".", 1)[-1]:
-            raise CheckpointError(f"{ckpt_path}: {kind_of(ckpt)}, which holds a {there.rsplit('.', 1)[-1]}, but the config builds a "
+            raise CheckpointError(f"{ckpt_path}: {kind_of(ckpt)}, which holds {there.rsplit('.', 1)[-1]}, but the config builds "
                                   f"{here.rsplit('.', 1)[-1]}: pass the config the checkpoint was trained with")
         super()._parse_ckpt_path()
 

@@ -8,7 +8,7 @@ purified folder is evaluated against the same attack). Two kinds:
   "patch": the trigger pasted at ``position`` [row, col]; "blend": (1 - alpha) x + alpha * trigger),
   ``magnification`` m (additive; the paper tests at 1, Narcissus' paper at 3) and ``alpha`` (blend).
   Poison success: share of clean test images whose class is not the target that, triggered, are
-  classified as the target. Mode "images" has no trigger array: ``folder`` holds test images already
+  classified as the target (only those of ``trigger.source_class`` when a trigger is meant for one class). Mode "images" has no trigger array: ``folder`` holds test images already
   triggered by the attack's own tool (BackdoorBench's ``bd_test_dataset``), each under the class the
   attack wants it classified as, all counted; ``target_class`` is null when that class differs per image
   (BackdoorBench's all2all).

@@ -54,8 +54,9 @@ def default_threads() -> int:
 
 
 def configure_threads(requested: int | None = None) -> int:
-    """Set torch's intra-op thread count: ``requested``, else what ``OMP_NUM_THREADS`` says, else
-    :func:`default_threads`. Returns the count in force."""
+    """Set torch's intra-op thread count: ``requested`` (for every process of the run), else what
+    ``OMP_NUM_THREADS`` says, else :func:`default_threads` (under DDP on CPUs, Lightning then gives each of
+    the N processes cores / N). Returns the count in force."""
     import torch
 
     if requested is not None:
@@ -64,6 +65,7 @@ def configure_threads(requested: int | None = None) -> int:
 
             raise UsageError(f"--threads must be at least 1, got {requested}")
         torch.set_num_threads(requested)
+        os.environ["OMP_NUM_THREADS"] = str(requested)  # so that Lightning's DDP launcher keeps it for every rank
     elif not any(os.environ.get(v) for v in THREAD_VARIABLES):
         torch.set_num_threads(default_threads())
     return torch.get_num_threads()

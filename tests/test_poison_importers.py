@@ -184,6 +184,21 @@ def test_narcissus_trigger_of_shape_chw_is_accepted_and_a_batch_of_triggers_refu
 
 # -- BackdoorBench records and Just How Toxic's triggered attacks, in the structures the tools write -----------------
 
+@pytest.fixture(scope="module")
+def bb_clean(tmp_path_factory) -> tuple[Path, Split, Split, list[str]]:
+    """The clean set a BackdoorBench record is made from, indexed as a torchvision dataset is: file name = position
+    (train 0..89, test 0..29), which is how the record's indicator and data_dict keys number the samples."""
+    root = tmp_path_factory.mktemp("bb_clean")
+    x, y = digits_images(8, rgb=True)
+    images = ((x + 1) * 127.5).round().to(torch.uint8)
+    for split, rows in (("train", range(0, 90)), ("test", range(90, 120))):
+        for position, i in enumerate(rows):
+            save(root / split / str(int(y[i])) / f"{position}.png", images[i])
+    train, test, classes, _ = load_clean_splits(str(root))
+    assert train.ids.tolist() == list(range(90)) and test.ids.tolist() == list(range(30))
+    return root, train, test, classes
+
+
 TRIGGER_ROWS = slice(-2, None)  # a white 2x2 corner: where the oracle below looks for the trigger
 
 
@@ -277,8 +292,8 @@ def corner_is_white(x: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("transform", ["all2one", "all2all"])
-def test_backdoorbench_record_imports_the_attack_labels_target_and_poison_test_labels(tmp_path, clean_folder, reference, transform):
-    train, test, classes = reference
+def test_backdoorbench_record_imports_the_attack_labels_target_and_poison_test_labels(tmp_path, bb_clean, transform):
+    clean_folder, train, test, classes = bb_clean
     made = write_backdoorbench(tmp_path / "bb", train, test, transform=transform, target=3)
     out = tmp_path / "out"
     main(["poison", "--import", "backdoorbench", "--source", str(tmp_path / "bb"), "--data", str(clean_folder), "--out", str(out)])
@@ -297,7 +312,8 @@ def test_backdoorbench_record_imports_the_attack_labels_target_and_poison_test_l
     by_id = dict(zip(test.ids[made["test_rows"]].tolist(), made["test_bd"]))
     poison_test = dm.poison_test_set
     assert len(poison_test) == len(by_id)
-    assert sorted(poison_test.labels) == sorted(by_id.values())  # labelled as the attack wants them classified
+    got_ids = [int(Path(poison_test.load.__self__.keys[i]).stem) for i in range(len(poison_test))]
+    assert dict(zip(got_ids, poison_test.labels)) == by_id  # each labelled as the attack wants it classified
     attacked = (lambda y: (y + 1) % 10) if transform == "all2all" else (lambda y: torch.full_like(y, 3))
     oracle = TriggerOracle(test.images, test.labels, attacked, corner_is_white)
     assert poison_success(out, oracle) == 1.0
@@ -305,8 +321,8 @@ def test_backdoorbench_record_imports_the_attack_labels_target_and_poison_test_l
     assert poison_success(out, blind) == 0.0
 
 
-def test_backdoorbench_clean_label_record_keeps_its_labels(tmp_path, clean_folder, reference):
-    train, test, _ = reference
+def test_backdoorbench_clean_label_record_keeps_its_labels(tmp_path, bb_clean):
+    clean_folder, train, test, _ = bb_clean
     made = write_backdoorbench(tmp_path / "bb", train, test, target=2, clean_label=True)
     out = tmp_path / "out"
     main(["poison", "--import", "backdoorbench", "--source", str(tmp_path / "bb"), "--data", str(clean_folder), "--out", str(out)])
@@ -315,8 +331,8 @@ def test_backdoorbench_clean_label_record_keeps_its_labels(tmp_path, clean_folde
     assert spec["poison_indices"] == train.ids[made["rows"]].tolist() and spec["target_class"] == 2
 
 
-def test_backdoorbench_record_errors_are_one_line_and_write_nothing(tmp_path, clean_folder, reference):
-    train, test, _ = reference
+def test_backdoorbench_record_errors_are_one_line_and_write_nothing(tmp_path, bb_clean):
+    clean_folder, train, test, _ = bb_clean
     src = tmp_path / "bb"
     write_backdoorbench(src, train, test, target=3)
     flags = ["poison", "--import", "backdoorbench", "--source", str(src), "--data", str(clean_folder), "--out", str(tmp_path / "out")]
@@ -332,8 +348,8 @@ def test_backdoorbench_record_errors_are_one_line_and_write_nothing(tmp_path, cl
     assert not (tmp_path / "out").exists()
 
 
-def test_backdoorbench_pickled_objects_need_trust(tmp_path, clean_folder, reference):
-    train, test, _ = reference
+def test_backdoorbench_pickled_objects_need_trust(tmp_path, bb_clean):
+    clean_folder, train, test, _ = bb_clean
     src = tmp_path / "bb"
     write_backdoorbench(src, train, test)
     record = torch.load(src / "attack_result.pt", weights_only=False)
@@ -354,12 +370,12 @@ class Counted(np.ndarray):
         return np.asarray(values).view(cls)
 
 
-def test_backdoorbench_indicator_flag_overrides_the_record(tmp_path, clean_folder, reference):
-    train, test, _ = reference
+def test_backdoorbench_indicator_flag_overrides_the_record(tmp_path, bb_clean):
+    clean_folder, train, test, _ = bb_clean
     src = tmp_path / "bb"
     write_backdoorbench(src, train, test)
     wrong = np.zeros(len(train))
-    wrong[[1, 2]] = 1
+    wrong[[1, 2]] = 1  # two other samples than the record's
     np.save(tmp_path / "wrong.npy", wrong)
     with pytest.raises(SystemExit, match="not the same record"):
         main(["poison", "--import", "backdoorbench", "--source", str(src), "--data", str(clean_folder), "--out",

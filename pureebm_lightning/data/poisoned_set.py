@@ -138,7 +138,8 @@ class PoisonedSetDataModule(LightningDataModule):
                 raise PoisonedDataError(f"{triggered.root}: images of shape {triggered.shape}, the test images are {test.shape}")
             return LabelledImages(triggered.load, self._labels_as_in_training(triggered))  # the attacker's labels
         if spec.kind == "triggered":
-            keep = [i for i, label in enumerate(labels) if label != spec.target_class]
+            source_class = spec.trigger.get("source_class")  # a source-specific trigger: only that class is tested
+            keep = [i for i, label in enumerate(labels) if label != spec.target_class and source_class in (None, label)]
             return LabelledImages(_Picked(test.load, keep), [spec.target_class] * len(keep))
         files = [spec.root / t["file"] for t in spec.targets]
         return LabelledImages(_TargetImages(files, test.mode, test.shape), [int(t["intended_class"]) for t in spec.targets])

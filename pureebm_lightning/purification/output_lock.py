@@ -11,11 +11,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pureebm_lightning.errors import OutputLocked
+
 LOCK_FILE = ".pureebm.lock"
-
-
-class OutputLocked(RuntimeError):
-    """Another live process holds the output folder's lock; the message names it."""
+__all__ = ["LOCK_FILE", "OutputLock", "OutputLocked"]
 
 
 class OutputLock:
@@ -68,7 +67,7 @@ class OutputLock:
         """Take the lock; if another process holds it, raise :class:`OutputLocked` naming it, or with ``wait``
         block until it is released (calling ``on_wait(description)`` once first)."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        told = False
+        told, deadline = False, time.monotonic() + 1.0  # a moment's grace: another run's refuse_if_held probe
         while True:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
             try:
@@ -76,6 +75,9 @@ class OutputLock:
             except BlockingIOError:
                 if not wait:
                     os.close(fd)
+                    if time.monotonic() < deadline:
+                        time.sleep(0.05)
+                        continue
                     raise self._refusal() from None
                 if on_wait is not None and not told:
                     on_wait(self.describe_holder())
@@ -86,9 +88,13 @@ class OutputLock:
             os.close(fd)  # the holder removed the file as it released it: lock the new one
         info = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time(),
                 "command": " ".join(os.path.basename(a) if i == 0 else a for i, a in enumerate(sys.argv))}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(info).encode(), 0)
         self._fd = fd
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps(info).encode(), 0)
+        except OSError:  # a full disk: no lock file (and no lock) left behind
+            self.release()
+            raise
         return self
 
     def _still_linked(self, fd: int) -> bool:

@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 from pureebm_lightning import __version__
+from pureebm_lightning.errors import PurificationConflict
 from pureebm_lightning.purification.output_lock import LOCK_FILE, OutputLock
 from pureebm_lightning.purification.sources import (NUMPY_DATA, NUMPY_LABELS, PoisonedSource, blocks, hwc_to_chw, hwc_to_pil,
                                                     read_image, to_uint8_pixels)
@@ -29,10 +30,6 @@ RUN_KEY_DEFAULTS = {"precision": "32-true", "tf32": False}
 _PIL_FORMATS = Image.registered_extensions()
 #: JPEG cannot be lossless: quality 100 without chroma subsampling keeps it closest (see README)
 _LOSSLESS_AS_POSSIBLE = {"JPEG": {"quality": 100, "subsampling": 0}, "WEBP": {"lossless": True}}
-
-
-class PurificationConflict(RuntimeError):
-    """The output folder holds another run's output."""
 
 
 class PurifiedStore:
@@ -100,6 +97,8 @@ class PurifiedStore:
         if self.out.exists():
             for stale in self.out.rglob(".*.tmp*"):
                 stale.unlink(missing_ok=True)
+        if not overwrite and (self.read_manifest() or {}).get("complete"):
+            return  # finished (by another run while this one was starting): nothing to redo
         self.write_manifest(complete=False, done=len(self.source) - len(self.todo()))
 
     # -- progress -------------------------------------------------------------------------------------
@@ -158,13 +157,13 @@ class PurifiedStore:
             except BaseException:
                 tmp.unlink(missing_ok=True)
                 raise
-            shutil.copy2(self.source.root / NUMPY_LABELS, self.out / NUMPY_LABELS)
-        for name in self.source.other_entries:
+            _atomic_copy(self.source.root / NUMPY_LABELS, self.out / NUMPY_LABELS)
+        for name in self.source.other_entries:  # each file copied whole or not at all (a full disk leaves no stub)
             src, dst = self.source.root / name, self.out / name
             if src.is_dir():
-                shutil.copytree(src, dst, dirs_exist_ok=True)
-            elif not dst.exists():
-                shutil.copy2(src, dst)
+                shutil.copytree(src, dst, dirs_exist_ok=True, copy_function=_atomic_copy)
+            else:
+                _atomic_copy(src, dst)
         self.write_manifest(complete=True, done=len(self.source))
         shutil.rmtree(self.chunks, ignore_errors=True)  # after the manifest: a kill here loses nothing
 
@@ -206,6 +205,18 @@ def _atomic_write(path: Path, write: Callable[[Any], None]) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _atomic_copy(src: str | Path, dst: str | Path) -> None:
+    """``shutil.copy2`` through a temporary file: ``dst`` appears only complete."""
+    dst = Path(dst)
+
+    def copy(f: Any) -> None:
+        with open(src, "rb") as source:
+            shutil.copyfileobj(source, f)
+
+    _atomic_write(dst, copy)
+    shutil.copystat(src, dst)
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -10,8 +10,7 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
-from pureebm_lightning.purification.output_lock import OutputLocked
-from pureebm_lightning.purification.purified_store import PurificationConflict, PurifiedStore
+from pureebm_lightning.purification.purified_store import PurifiedStore
 from pureebm_lightning.purification.jpeg_purifier import JPEGPurifier
 from pureebm_lightning.purification.purifier import Purifier
 from pureebm_lightning.purification.sources import BlockBatches, SourceImages
@@ -45,7 +44,7 @@ class PurifyModule(LightningModule):
                 self.store.lock.acquire()
                 self.store.check(self.overwrite)
                 self.store.prepare(self.overwrite)
-            except (OutputLocked, PurificationConflict, OSError) as err:
+            except Exception as err:  # noqa: BLE001 - raised again on every rank below, none left waiting
                 self.store.lock.release()
                 error = err
         error = self.trainer.strategy.broadcast(error, src=0)  # every rank fails together, none waits
