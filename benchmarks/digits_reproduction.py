@@ -3,7 +3,7 @@
     python benchmarks/digits_reproduction.py --out runs/reproduction      # about 37 minutes on 2 CPU cores
     python benchmarks/digits_reproduction.py --out /tmp/repro --quick     # about a minute: the pipeline, not the science
 
-METHOD.md's protocol, scaled to scikit-learn's digits and two CPU cores (every scale-down is a flag):
+The paper's protocol (docs/method.md), scaled to scikit-learn's digits and two CPU cores (every scale-down is a flag):
 1. Split: the classifier's 359 test images; of the other 1,438, 20 % (288) are held out (`pureebm poison
    --holdout 0.2`, the same draw for every attack) and 1,150 are the victim's training split.
 2. EBMs (configs/ebm_digits.yaml): "clean" trains on the 288 held-out images, disjoint from the victim's;

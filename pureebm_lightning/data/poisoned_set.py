@@ -68,7 +68,7 @@ class PoisonedSetDataModule(LightningDataModule):
         crop_padding: RandomCrop(size, padding) for training (paper: 4); 0 turns it off.
         hflip: random horizontal flips for training (paper: on; off for digits).
         poison_spec: a ``poison.json`` to test against instead of the one in ``data``: point a model trained
-            on clean data at the attack's spec to measure the poison-success floor (METHOD.md).
+            on clean data at the attack's spec to measure the poison-success floor (docs/method.md).
         magnification: test-time trigger magnification, replacing the spec's (PureGen: 1, Narcissus: 3).
         batch_size, num_workers: for every loader.
     """
