@@ -9,11 +9,11 @@ from typing import Any
 
 import torch
 
-from pureebm_lightning.errors import CheckpointError
+from pureebm_lightning.errors import CheckpointError, first_sentence
 
-#: what each module's state dict holds, to name the kind of a checkpoint passed to the wrong command
-KINDS = {"energy_net.": "an EBM checkpoint (`pureebm fit --config configs/ebm*.yaml`)",
-         "net.": "a classifier checkpoint (`pureebm fit --config configs/classifier*.yaml`)"}
+#: where each of the project's modules keeps its weights in a state dict, and that kind of checkpoint in words
+KINDS = {"EBMModule": ("energy_net.", "an EBM checkpoint (`pureebm fit --config configs/ebm*.yaml`)"),
+         "ClassifierModule": ("net.", "a classifier checkpoint (`pureebm fit --config configs/classifier*.yaml`)")}
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -30,10 +30,10 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except pickle.UnpicklingError as err:
         raise CheckpointError(f"{path}: holds Python objects beyond tensors and settings, so it was not written by "
-                              f"pureebm ({_first_sentence(err)})") from err
+                              f"pureebm ({first_sentence(err)})") from err
     except (RuntimeError, EOFError, OSError, ValueError, zipfile.BadZipFile) as err:
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({size} bytes; truncated, or another kind of "
-                              f"file): {_first_sentence(err)}") from err
+                              f"file): {first_sentence(err)}") from err
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
         raise CheckpointError(f"{path}: a PyTorch file but not a Lightning checkpoint (no state_dict)")
     return ckpt
@@ -42,18 +42,23 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
 def kind_of(ckpt: dict[str, Any]) -> str:
     """What a checkpoint is, in words, from the names in its state dict."""
     keys = list(ckpt.get("state_dict", {}))
-    for prefix, kind in KINDS.items():
+    for prefix, kind in KINDS.values():
         if keys and all(k.startswith(prefix) for k in keys):
             return kind
     return f"a checkpoint of another model (weights {', '.join(keys[:3])}{', ...' if len(keys) > 3 else ''})"
 
 
+def require_kind(ckpt: dict[str, Any], module: str, path: str | Path, needed_by: str) -> None:
+    """Refuse a checkpoint that is not one of ``module`` (a key of :data:`KINDS`) for ``needed_by``."""
+    prefix, kind = KINDS[module]
+    if not ckpt["state_dict"] or not all(k.startswith(prefix) for k in ckpt["state_dict"]):
+        raise CheckpointError(f"{Path(path).expanduser()}: {kind_of(ckpt)}, but {needed_by} needs {kind}")
+
+
 def read_ebm_checkpoint(path: str | Path) -> dict[str, Any]:
     """:func:`read_checkpoint`, refusing anything but an EBM checkpoint written by ``pureebm fit``."""
     ckpt = read_checkpoint(path)
-    if not ckpt["state_dict"] or not all(k.startswith("energy_net.") for k in ckpt["state_dict"]):
-        raise CheckpointError(f"{Path(path).expanduser()}: {kind_of(ckpt)}, not an EBM checkpoint; purification needs "
-                              "the checkpoint of an EBM trained with `pureebm fit --config configs/ebm*.yaml`")
+    require_kind(ckpt, "EBMModule", path, "purification")
     return ckpt
 
 
@@ -77,7 +82,3 @@ def check_matches(ckpt: dict[str, Any], module: torch.nn.Module, path: str | Pat
     raise CheckpointError(f"{path}: its weights do not fit the {type(module).__name__} the config builds ({detail}): "
                           "pass the config the checkpoint was trained with")
 
-
-def _first_sentence(err: BaseException) -> str:
-    text = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-    return text.split(". ")[0].rstrip(".")

@@ -33,6 +33,12 @@ _WORKER = re.compile(r"^Caught \w+ in DataLoader worker process \d+\.\s*\nOrigin
 _LAST_LINE = re.compile(r"^(?:[\w.]+\.)?(\w+(?:Error|Exception|Exit|Interrupt|Locked|Conflict)):\s?(.*)$")
 
 
+def first_sentence(err: BaseException) -> str:
+    """The first sentence of ``err``'s message (libraries append paragraphs of advice), or its type's name."""
+    text = str(err).strip()
+    return text.splitlines()[0].split(". ")[0].rstrip(".") if text else type(err).__name__
+
+
 def one_line(err: BaseException) -> str:
     """The message of ``err`` on one line. An error raised in a DataLoader worker arrives wrapped in the worker's
     whole traceback ("Caught X in DataLoader worker process 0. Original Traceback ..."): its cause is the

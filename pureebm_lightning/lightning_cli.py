@@ -10,14 +10,18 @@ from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from pureebm_lightning.callbacks.run_progress import RunProgressBar
-from pureebm_lightning.checkpoints import check_matches, kind_of, read_checkpoint
-from pureebm_lightning.errors import CheckpointError
+from pureebm_lightning.checkpoints import KINDS, check_matches, read_checkpoint, require_kind
 from pureebm_lightning.runtime import configure_threads
 
 #: ``--ckpt_path`` values that Lightning resolves itself (not files)
 SPECIAL_CHECKPOINTS = ("last", "best", "hpc", "registry")
-#: where each of the project's modules keeps its weights in a state dict
-WEIGHT_PREFIX = {"EBMModule": "energy_net.", "ClassifierModule": "net."}
+
+
+def _checkpoint_file(ckpt_path: Any) -> str | None:
+    """``--ckpt_path`` when it names a file (not one of Lightning's special values or a registry)."""
+    if not ckpt_path or str(ckpt_path) in SPECIAL_CHECKPOINTS or str(ckpt_path).startswith(("hf://", "registry:")):
+        return None
+    return str(ckpt_path)
 
 
 class PureEBMCLI(LightningCLI):
@@ -32,49 +36,28 @@ class PureEBMCLI(LightningCLI):
         configure_threads(self._get(self.config, "threads"))
 
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
-        extra = [self._get(self.config_init, c) for c in self._parser(self.subcommand).callback_keys]
-        config = {**self._get(self.config_init, "trainer", default={}), **kwargs}
-        given = config.get("callbacks") or []
-        given = given if isinstance(given, list) else [given]
-        if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in [*given, *extra]):
-            extra.append(RunProgressBar())
-        return self._instantiate_trainer(config, extra)
+        config = self._get(self.config_init, "trainer", default={})
+        callbacks = config.get("callbacks") or []
+        callbacks = callbacks if isinstance(callbacks, list) else [callbacks]
+        if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in callbacks):
+            kwargs.setdefault("callbacks", [*callbacks, RunProgressBar()])
+        return super().instantiate_trainer(**kwargs)
 
     def _parse_ckpt_path(self) -> None:
         """Lightning's merge of the checkpoint's hyper-parameters into the model config, after checking the file:
-        an empty, truncated or other model's checkpoint is one line naming the problem, not a traceback."""
-        if not self.config.get("subcommand"):
+        an empty, truncated or other model's checkpoint is one line naming the problem, not a traceback (nor
+        jsonargparse's usage text for hyper-parameters that do not fit)."""
+        self._checkpoint = None
+        path = _checkpoint_file(self.config[self.config.subcommand].get("ckpt_path")) if self.config.get("subcommand") else None
+        if path is None:
             return
-        ckpt_path = self.config[self.config.subcommand].get("ckpt_path")
-        if not ckpt_path or str(ckpt_path) in SPECIAL_CHECKPOINTS or str(ckpt_path).startswith(("hf://", "registry:")):
-            return
-        ckpt = read_checkpoint(ckpt_path)
-        there = (ckpt.get("hyper_parameters") or {}).get("_class_path")
-        model = self.config[self.config.subcommand].get("model")
-        here = getattr(model, "class_path", None)
-        prefix = WEIGHT_PREFIX.get(str(here).rsplit(".", 1)[-1])
-        if prefix and not all(k.startswith(prefix) for k in ckpt["state_dict"]):  # also without a recorded class
-            raise CheckpointError(f"{ckpt_path}: {kind_of(ckpt)}, but the config builds {here.rsplit('.', 1)[-1]}: "
-                                  "pass the config the checkpoint was trained with")
-        if there and here and there.rsplit(".", 1)[-1] != here.rsplit(".", 1)[-1]:
-            raise CheckpointError(f"{ckpt_path}: {kind_of(ckpt)}, which holds {there.rsplit('.', 1)[-1]}, but the config builds "
-                                  f"{here.rsplit('.', 1)[-1]}: pass the config the checkpoint was trained with")
+        self._checkpoint = read_checkpoint(path)
+        model = str(getattr(self.config[self.config.subcommand].get("model"), "class_path", "")).rsplit(".", 1)[-1]
+        if model in KINDS:
+            require_kind(self._checkpoint, model, path, f"the config's {model}")
         super()._parse_ckpt_path()
 
-    def _check_checkpoint(self) -> None:
-        ckpt_path = self._get(self.config, "ckpt_path") if self.subcommand else None
-        if ckpt_path is None or str(ckpt_path) in SPECIAL_CHECKPOINTS or str(ckpt_path).startswith(("hf://", "registry:")):
-            return
-        check_matches(read_checkpoint(ckpt_path), self.model, Path(ckpt_path))
-
-    def before_fit(self) -> None:
-        self._check_checkpoint()
-
-    def before_validate(self) -> None:
-        self._check_checkpoint()
-
-    def before_test(self) -> None:
-        self._check_checkpoint()
-
-    def before_predict(self) -> None:
-        self._check_checkpoint()
+    def after_instantiate_classes(self) -> None:
+        """The checkpoint's weights must be those of the model built (names and shapes), before any subcommand runs."""
+        if getattr(self, "_checkpoint", None) is not None:
+            check_matches(self._checkpoint, self.model, Path(self.config[self.subcommand].ckpt_path))

@@ -44,8 +44,8 @@ def idle_cores(sample_seconds: float = 0.25) -> float | None:
 
 def default_threads() -> int:
     """Intra-op threads for a run that did not ask: one per core that is idle now, at least 1, at most the
-    usable cores. Threads beyond the idle cores wait on each other at every operation (measured: a digits EBM
-    cost about 9x the CPU time with 2 threads on 2 busy cores than with 1; see README "Threads")."""
+    usable cores. Threads beyond the idle cores wait on each other at every operation (measured: digits EBM
+    steps cost 3.1x the CPU time with 2 threads on 2 busy cores than with 1; README "On a shared machine")."""
     cores = usable_cores()
     idle = idle_cores()
     if idle is None:
@@ -73,7 +73,6 @@ def configure_threads(requested: int | None = None) -> int:
 
 def quiet_lightning() -> None:
     """No tips or deprecation warnings from the libraries on a normal run (warnings about the run stay)."""
-    os.environ.setdefault("LITMODELS_HIDE_TIPS", "1")
     for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
         logging.getLogger(name).addFilter(_TipFilter())
     warnings.filterwarnings("ignore", category=DeprecationWarning)
@@ -81,7 +80,7 @@ def quiet_lightning() -> None:
 
 
 class _TipFilter(logging.Filter):
-    """Drops Lightning's advertising lines ("💡 Tip: ...", litlogger and LitServe hints)."""
+    """Drops Lightning's advertising lines ("💡 Tip: ...", the litlogger hint)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         text = record.getMessage()

@@ -209,7 +209,7 @@ def test_a_read_only_output_folder_is_one_line(tmp_path, grey_ebm, small_disk):
 @pytest.mark.slow
 def test_a_second_run_into_a_folder_being_written_is_refused_naming_the_first(tmp_path, grey_ebm):
     data, out = tmp_path / "poisoned", tmp_path / "out"
-    keys = write_digit_folder(data, 80)
+    keys = write_digit_folder(data, 240)  # far more than the first run purifies while the others try
     cmd = [sys.executable, "-m", "pureebm_lightning", "purify", f"--data={data}", f"--ckpt_path={grey_ebm}", f"--out={out}",
            "--steps=400", "--batch_size=1", *QUIET]
     first = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

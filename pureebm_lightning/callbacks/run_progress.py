@@ -25,20 +25,17 @@ class RunProgressBar(TQDMProgressBar):
         super().__init__(refresh_rate=refresh_rate, leave=leave)
         self._start_time: float | None = None
         self._start_step = 0
+        self._total: int | None = None  # the run's optimiser steps, worked out once at the start
 
     def total_steps(self, trainer: Trainer) -> int | None:
-        """Optimiser steps of the whole run, or None when neither max_steps nor max_epochs bounds it."""
-        per_epoch = trainer.num_training_batches
-        by_epochs = None
-        if trainer.max_epochs is not None and trainer.max_epochs > 0 and per_epoch not in (None, math.inf):
-            by_epochs = int(per_epoch) * trainer.max_epochs // max(1, trainer.accumulate_grad_batches)
-        by_steps = trainer.max_steps if trainer.max_steps and trainer.max_steps > 0 else None
-        bounds = [b for b in (by_epochs, by_steps) if b is not None]
-        return min(bounds) if bounds else None
+        """Optimiser steps of the whole run (Lightning's estimate from max_steps, max_epochs and the loader), or
+        None when nothing bounds it."""
+        total = trainer.estimated_stepping_batches
+        return None if total in (None, math.inf) else int(total)
 
     def run_summary(self, trainer: Trainer) -> str:
         """``37% of 1000 steps, 4:10 left``, or less where the total or the speed is not known yet."""
-        total, done = self.total_steps(trainer), trainer.global_step
+        total, done = self._total, trainer.global_step
         if not total:
             return ""
         text = f"{100 * done / total:.0f}% of {total} steps"
@@ -50,15 +47,16 @@ class RunProgressBar(TQDMProgressBar):
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         super().on_train_start(trainer, pl_module)
         self._start_time, self._start_step = time.monotonic(), trainer.global_step
+        self._total = self.total_steps(trainer)
 
     def on_train_epoch_start(self, trainer: Trainer, *_: Any) -> None:
         super().on_train_epoch_start(trainer)
         if self.train_progress_bar is None:
             return
-        epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else None
-        per_epoch = trainer.num_training_batches
-        if epochs and trainer.max_steps and trainer.max_steps > 0 and per_epoch not in (None, math.inf, 0):
-            epochs = min(epochs, math.ceil(trainer.max_steps * max(1, trainer.accumulate_grad_batches) / per_epoch))
+        total, per_epoch = self._total, trainer.num_training_batches
+        epochs = None
+        if total and per_epoch not in (None, math.inf, 0):  # the epochs that the run's steps span
+            epochs = math.ceil(total * max(1, trainer.accumulate_grad_batches) / per_epoch)
         epoch = trainer.current_epoch + 1
         self.train_progress_bar.set_description(f"Epoch {epoch}/{epochs}" if epochs else f"Epoch {epoch}")
 

@@ -10,7 +10,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms import v2
 
 from pureebm_lightning.data.base import TO_SIGNED_UNIT, ImageDataModule, require_dir
-from pureebm_lightning.purification.sources import read_pil_rgb, refuse_link_loops
+from pureebm_lightning.purification.sources import read_pil, refuse_link_loops
 
 
 class ImageFolderDataModule(ImageDataModule):
@@ -55,7 +55,7 @@ class ImageFolderDataModule(ImageDataModule):
         pattern = self.file_pattern
         kept = None if pattern is None else (lambda p: fnmatch(Path(p).name, pattern) and p.lower().endswith(IMG_EXTENSIONS))
         try:
-            return ImageFolder(str(refuse_link_loops(folder)), transform=self._transform(), is_valid_file=kept, loader=read_pil_rgb)
+            return ImageFolder(str(refuse_link_loops(folder)), transform=self._transform(), is_valid_file=kept, loader=read_pil)
         except FileNotFoundError as err:
             raise FileNotFoundError(f"No usable images under {folder} ({err}). {hint}") from err
 

@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 
 from pureebm_lightning.data.poisoned_set import PoisonedSetDataModule
 from pureebm_lightning.purification.output_lock import OutputLocked
-from pureebm_lightning.purification.purified_store import PurifiedStore
+from pureebm_lightning.purification.purified_store import PurifiedStore, run_on_rank_zero
 from pureebm_lightning.purification.purifier import Purifier, to_signed_unit
 from pureebm_lightning.purification.sources import BlockBatches, PoisonedSource, SourceImages
 
@@ -89,7 +89,7 @@ class PurifiedDataModule(PoisonedSetDataModule):
         store = PurifiedStore(source, root / key, {**self.purifier.settings(), "batch_size": self.purify_batch_size})
         store.check(overwrite=False)  # every rank, on the same untouched folder: all refuse together
         self._barrier("purify-cache-checked")  # no rank checks while rank 0 is already preparing
-        self._lock_and_prepare(store, rank)
+        self._lock_and_prepare(store)
         try:
             self._barrier("purify-cache-prepared")  # every rank lists what is missing only after rank 0 prepared
             mine = store.todo_blocks(self.purify_batch_size)[rank::world]
@@ -102,29 +102,20 @@ class PurifiedDataModule(PoisonedSetDataModule):
             store.lock.release()
         return store
 
-    def _lock_and_prepare(self, store: PurifiedStore, rank: int, poll_seconds: float = 5.0) -> None:
-        """Rank 0 takes the cache's lock (another run filling it: wait, polling, so that every collective returns
-        at once and no rank times out) and prepares it; a failure there is raised on every rank."""
+    def _lock_and_prepare(self, store: PurifiedStore, poll_seconds: float = 5.0) -> None:
+        """Rank 0 claims the cache (another run filling it: wait, polling, so that every collective returns at once
+        and no rank times out); a failure there is raised on every rank."""
         strategy = self.trainer.strategy if self.trainer is not None else None
+
+        def claim() -> bool:
+            try:
+                store.claim(overwrite=False)
+            except OutputLocked:
+                return False
+            return True
+
         told = False
-        while True:
-            state: Any = None
-            if rank == 0:
-                try:
-                    store.lock.acquire()
-                    store.prepare(overwrite=False)
-                    state = "ready"
-                except OutputLocked:
-                    state = "locked"
-                except Exception as err:  # noqa: BLE001 - raised again on every rank below
-                    store.lock.release()
-                    state = err
-            if strategy is not None:
-                state = strategy.broadcast(state, src=0)
-            if isinstance(state, BaseException):
-                raise state
-            if state == "ready":
-                return
+        while not run_on_rank_zero(strategy, claim):
             if not told:
                 rank_zero_info(f"Waiting for {store.lock.describe_holder()}, which is filling the cache {store.out}")
                 told = True

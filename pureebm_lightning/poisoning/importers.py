@@ -23,7 +23,7 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from pureebm_lightning.poisoning.clean_data import Split
 from pureebm_lightning.poisoning.poisoned_folder import Poisoning, Target, measure
-from pureebm_lightning.errors import PoisonedDataError
+from pureebm_lightning.errors import PoisonedDataError, first_sentence
 from pureebm_lightning.purification.sources import (NUMPY_DATA, NUMPY_LABELS, check_pixel_array, hwc_to_chw, read_image,
                                                     refuse_link_loops, to_uint8_pixels)
 
@@ -153,9 +153,8 @@ def load_torch_file(path: Path, trust_pickle: bool) -> Any:
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         if not trust_pickle:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise PoisonedDataError(f"{path} holds Python objects beyond tensors and arrays; loading it runs code from the "
-                                    f"file. Pass --trust_pickle only if you trust where it came from ({first})") from err
+                                    f"file. Pass --trust_pickle only if you trust where it came from ({first_sentence(err)})") from err
         return torch.load(path, map_location="cpu", weights_only=False)
 
 
@@ -211,8 +210,8 @@ def import_backdoorbench(source: Path, clean_train: Split, clean_test: Split, cl
     if not isinstance(record, dict) or record.get("bd_train") is None or record.get("bd_test") is None:
         raise PoisonedDataError(f"{result_path}: no bd_train and bd_test in it (attacks such as blind and lira poison "
                                 "while training and leave no poisoned training set to import)")
-    transform = str(info.get("attack_label_trans", "all2one")) if isinstance(info, dict) else "all2one"
-    recorded_target = info.get("attack_target") if isinstance(info, dict) else None
+    info = info if isinstance(info, dict) else {}
+    transform, recorded_target = str(info.get("attack_label_trans", "all2one")), info.get("attack_target")
     if transform not in ("all2one", "all2all"):
         raise PoisonedDataError(f"{source / 'info.pickle'}: attack_label_trans {transform!r} is neither all2one nor all2all")
     if transform == "all2one":
@@ -230,10 +229,11 @@ def import_backdoorbench(source: Path, clean_train: Split, clean_test: Split, cl
     if any(bd not in range(len(classes)) for bd, _ in [*train_labels.values(), *test_labels.values()]):
         raise PoisonedDataError(f"{result_path}: labels outside the {len(classes)} classes of --data")
 
-    flags = (np.load(indicator, allow_pickle=False) if indicator is not None and indicator.suffix == ".npy" else
-             np.asarray(load_torch_file(indicator, trust_pickle)) if indicator is not None else
-             np.asarray(record["bd_train"].get("poison_indicator")))
-    flags = flags.astype(np.int64).ravel()
+    if indicator is None:
+        flags = record["bd_train"].get("poison_indicator")
+    else:
+        flags = np.load(indicator, allow_pickle=False) if indicator.suffix == ".npy" else load_torch_file(indicator, trust_pickle)
+    flags = np.asarray(flags).astype(np.int64).ravel()
     if len(flags) != len(clean_train) or not set(np.unique(flags)) <= {0, 1}:
         raise PoisonedDataError(f"the poison indicator has {len(flags)} entries of {sorted(set(np.unique(flags)))}, "
                                 f"expected 0/1 for each of the {len(clean_train)} clean training images (indexed as "
@@ -258,8 +258,7 @@ def import_backdoorbench(source: Path, clean_train: Split, clean_test: Split, cl
     extra = {"poison_test": triggered}
     spec = {"mode": "images", "folder": "poison_test", "magnification": 1.0, "label_transform": transform}
     record_facts = {"imported_from": str(source), "attack_label_trans": transform,
-                    "backdoorbench_attack": info.get("attack") if isinstance(info, dict) else None,
-                    "pratio": info.get("pratio") if isinstance(info, dict) else None}
+                    "backdoorbench_attack": info.get("attack"), "pratio": info.get("pratio")}
     return Poisoning(attack="backdoorbench", kind="triggered", train=Split(images, labels, clean_train.ids),
                      test=clean_test, poison_ids=ids.tolist(), clean_label=bool((labels == clean_train.labels).all()),
                      target_class=target_class, trigger_spec=spec, extra_folders=extra, record=record_facts)

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 import os
 import shutil
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -101,6 +102,17 @@ class PurifiedStore:
             return  # finished (by another run while this one was starting): nothing to redo
         self.write_manifest(complete=False, done=len(self.source) - len(self.todo()))
 
+    def claim(self, overwrite: bool) -> None:
+        """Take the folder's lock (:class:`OutputLocked` if another run holds it), check the folder again under it
+        and :meth:`prepare` it; the lock is released if any of that fails. Call on one process."""
+        self.lock.acquire()
+        try:
+            self.check(overwrite)
+            self.prepare(overwrite)
+        except BaseException:
+            self.lock.release()
+            raise
+
     # -- progress -------------------------------------------------------------------------------------
     def todo(self) -> list[int]:
         """Indices not yet purified by this run."""
@@ -145,18 +157,13 @@ class PurifiedStore:
             raise RuntimeError(f"{len(remaining)} images of {self.source.root} are not purified yet; run the same command again")
         if self.source.kind == "numpy" and self.chunks.is_dir():
             src = self.source._array
-            tmp = self.out / f".{NUMPY_DATA}.tmp{os.getpid()}"
-            try:
+            with _atomic_path(self.out / NUMPY_DATA) as tmp:
                 out = np.lib.format.open_memmap(tmp, mode="w+", dtype=src.dtype, shape=src.shape)  # as the input stores pixels
                 for chunk in self.chunks.glob("*.npz"):
                     with np.load(chunk) as z:
                         out[z["indices"]] = z["images"].reshape((-1, *src.shape[1:]))
                 out.flush()
                 del out
-                os.replace(tmp, self.out / NUMPY_DATA)
-            except BaseException:
-                tmp.unlink(missing_ok=True)
-                raise
             _atomic_copy(self.source.root / NUMPY_LABELS, self.out / NUMPY_LABELS)
         for name in self.source.other_entries:  # each file copied whole or not at all (a full disk leaves no stub)
             src, dst = self.source.root / name, self.out / name
@@ -194,17 +201,23 @@ class PurifiedStore:
         return read_image(self.out / self.source.keys[i], self.source.mode)
 
 
-def _atomic_write(path: Path, write: Callable[[Any], None]) -> None:
-    """``write(file)`` into a hidden temporary file beside ``path``, then renamed to ``path``: the file appears only
-    complete. A failed write (a full disk, a kill signal) removes the temporary file."""
+@contextmanager
+def _atomic_path(path: Path) -> Iterator[Path]:
+    """A hidden temporary path beside ``path`` to write, renamed to ``path`` when the block ends: the file appears
+    only complete. A failed write (a full disk, a kill signal) removes the temporary file."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        with open(tmp, "wb") as f:
-            write(f)
+        yield tmp
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _atomic_write(path: Path, write: Callable[[Any], None]) -> None:
+    """``write(file)`` through :func:`_atomic_path`."""
+    with _atomic_path(path) as tmp, open(tmp, "wb") as f:
+        write(f)
 
 
 def _atomic_copy(src: str | Path, dst: str | Path) -> None:
@@ -221,3 +234,20 @@ def _atomic_copy(src: str | Path, dst: str | Path) -> None:
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
     _atomic_write(path, lambda f: f.write(data))
+
+
+def run_on_rank_zero(strategy: Strategy | None, fn: Callable[[], Any]) -> Any:
+    """``fn()`` on global rank 0 only; its result on every rank, or the exception it raised raised on every rank,
+    so that no rank is left waiting for rank 0. ``strategy`` None: a single process."""
+    if strategy is None:
+        return fn()
+    outcome = None
+    if strategy.is_global_zero:
+        try:
+            outcome = (True, fn())
+        except Exception as err:  # noqa: BLE001 - raised again on every rank below
+            outcome = (False, err)
+    ok, value = strategy.broadcast(outcome, src=0)
+    if not ok:
+        raise value
+    return value

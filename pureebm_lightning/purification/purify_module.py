@@ -10,7 +10,7 @@ from lightning.pytorch import LightningModule
 from lightning.pytorch.utilities import rank_zero_info
 from torch.utils.data import DataLoader
 
-from pureebm_lightning.purification.purified_store import PurifiedStore
+from pureebm_lightning.purification.purified_store import PurifiedStore, run_on_rank_zero
 from pureebm_lightning.purification.jpeg_purifier import JPEGPurifier
 from pureebm_lightning.purification.purifier import Purifier
 from pureebm_lightning.purification.sources import BlockBatches, SourceImages
@@ -38,18 +38,8 @@ class PurifyModule(LightningModule):
         self._sums: torch.Tensor | None = None
 
     def setup(self, stage: str) -> None:
-        error = None
-        if self.trainer.is_global_zero:  # one writer per folder: the lock, then the checks again under it
-            try:
-                self.store.lock.acquire()
-                self.store.check(self.overwrite)
-                self.store.prepare(self.overwrite)
-            except Exception as err:  # noqa: BLE001 - raised again on every rank below, none left waiting
-                self.store.lock.release()
-                error = err
-        error = self.trainer.strategy.broadcast(error, src=0)  # every rank fails together, none waits
-        if error is not None:
-            raise error
+        # one writer per folder: rank 0 takes the lock and checks again under it; a failure stops every rank
+        run_on_rank_zero(self.trainer.strategy, lambda: self.store.claim(self.overwrite))
         self.trainer.strategy.barrier("purify-prepared")
 
     def predict_dataloader(self) -> DataLoader:

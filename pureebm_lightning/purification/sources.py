@@ -37,23 +37,19 @@ def chw_to_pil(image: torch.Tensor) -> Image.Image:
     return hwc_to_pil(image.permute(1, 2, 0).cpu().numpy())
 
 
+def read_pil(path: str | Path, mode: str = "RGB") -> Image.Image:
+    """The image file at ``path`` as a PIL image in ``mode`` (RGB by default: torchvision's ImageFolder loader),
+    with an error naming the file when it cannot be read (a truncated or corrupt file)."""
+    try:
+        with Image.open(path) as img:
+            return img.convert(mode)
+    except (OSError, UnidentifiedImageError) as err:
+        raise PoisonedDataError(f"{path}: cannot read this image ({err})") from err
+
+
 def read_image(path: Path, mode: str) -> torch.Tensor:
     """The image file at ``path`` in PIL ``mode`` ("L" or "RGB") as a (C, H, W) uint8 tensor."""
-    try:
-        with Image.open(path) as img:
-            return hwc_to_chw(np.array(img.convert(mode)))
-    except (OSError, UnidentifiedImageError) as err:
-        raise PoisonedDataError(f"{path}: cannot read this image ({err})") from err
-
-
-def read_pil_rgb(path: str | Path) -> Image.Image:
-    """The image file at ``path`` as an RGB PIL image (torchvision's ImageFolder loader), with an error naming
-    the file when it cannot be read (a truncated or corrupt file)."""
-    try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except (OSError, UnidentifiedImageError) as err:
-        raise PoisonedDataError(f"{path}: cannot read this image ({err})") from err
+    return hwc_to_chw(np.array(read_pil(path, mode)))
 
 
 @dataclass
