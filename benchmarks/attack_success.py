@@ -27,12 +27,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from lightning.pytorch import Trainer  # noqa: E402
-from lightning.pytorch.utilities import disable_possible_user_warnings  # noqa: E402
+from lightning.pytorch import Trainer
+from lightning.pytorch.utilities import disable_possible_user_warnings
 
-from pureebm_lightning.callbacks.results_table import wilson  # noqa: E402
-from pureebm_lightning.cli import main, make_cli  # noqa: E402
-from pureebm_lightning.data.poisoned_set import PoisonedSetDataModule  # noqa: E402
+from pureebm_lightning.callbacks.results_table import wilson
+from pureebm_lightning.cli import main, make_cli
+from pureebm_lightning.data.poisoned_set import PoisonedSetDataModule
 
 CONFIGS = ROOT / "configs"
 
@@ -72,8 +72,7 @@ def intended_probability(model, folder: Path, target: dict) -> float:
     """The model's softmax probability of the intended class on the target image: how far the attack got."""
     import torch
 
-    from pureebm_lightning.purification.purifier import to_signed_unit
-    from pureebm_lightning.purification.sources import read_image
+    from pureebm_lightning.images import read_image, to_signed_unit
 
     image = to_signed_unit(read_image(folder / target["file"], "L"))[None]
     with torch.no_grad():

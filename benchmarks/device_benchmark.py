@@ -26,11 +26,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from torch._dynamo.utils import counters  # noqa: E402
+from torch._dynamo.utils import counters
 
-from pureebm_lightning.callbacks.speed_options import SpeedOptions  # noqa: E402
-from pureebm_lightning.energy_nets import ConvNetEnergy, SNGANResNetEnergy  # noqa: E402
-from pureebm_lightning.langevin import LangevinSampler  # noqa: E402
+from pureebm_lightning.callbacks.speed_options import SpeedOptions
+from pureebm_lightning.energy_nets import ConvNetEnergy, SNGANResNetEnergy
+from pureebm_lightning.langevin import LangevinSampler
 
 OPTIONS = {  # name: (bf16 autocast, SpeedOptions kwargs); compiled rows last, the deadline may cut them
     "fp32": (False, {}),

@@ -16,7 +16,8 @@ import argparse
 import torch
 
 from pureebm_lightning.data import DigitsDataModule
-from pureebm_lightning.purification.purifier import Purifier, to_signed_unit, to_uint8
+from pureebm_lightning.defenses.pureebm import Purifier
+from pureebm_lightning.images import to_signed_unit, to_uint8
 
 
 def main() -> None:

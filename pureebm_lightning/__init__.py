@@ -11,6 +11,7 @@ _EXPORTS = {
     "ConvNetEnergy": "pureebm_lightning.energy_nets",
     "SNGANResNetEnergy": "pureebm_lightning.energy_nets",
     "LangevinSampler": "pureebm_lightning.langevin",
+    "Purifier": "pureebm_lightning.defenses.pureebm",
 }
 __all__ = [*sorted(_EXPORTS), "__version__"]
 __getattr__ = lazy_exports(__name__, _EXPORTS, globals())  # imported on first use: `pureebm --help` loads no torch

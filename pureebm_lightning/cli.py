@@ -52,7 +52,7 @@ def main(args: list[str] | None = None) -> None:
         raise SystemExit(f"pureebm: error: unknown command {command!r}; the commands are fit, validate, test, predict, "
                          "poison and purify (`pureebm --help`)")
     if command in ("poison", "purify") and any(a in ("-h", "--help") for a in argv[1:]):
-        _parser(command).print_help()  # without importing torch or Lightning
+        _parser(command, argv[1:]).print_help()  # without torch or Lightning, unless a plug-in's options are asked for
         return
     from pureebm_lightning.runtime import quiet_lightning
 
@@ -79,12 +79,14 @@ def main(args: list[str] | None = None) -> None:
             _end_process_group()
 
 
-def _parser(command: str):
+def _parser(command: str, argv: list[str]):
     if command == "purify":
-        from pureebm_lightning.purification.options import build_parser
-    else:
-        from pureebm_lightning.poisoning.options import build_parser
-    return build_parser()
+        from pureebm_lightning.purification.options import build_parser, defense_named
+
+        return build_parser(defense_named(argv))
+    from pureebm_lightning.poisoning.options import attack_named, build_parser
+
+    return build_parser(attack_named(argv))
 
 
 def make_cli(args: list[str] | None = None, run: bool = True) -> LightningCLI:

@@ -10,7 +10,12 @@ from lightning.pytorch.callbacks import ProgressBar
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from pureebm_lightning.callbacks.run_progress import RunProgressBar
-from pureebm_lightning.checkpoints import KINDS, check_matches, read_checkpoint, require_kind
+from pureebm_lightning.checkpoints import (
+    KINDS,
+    check_matches,
+    read_checkpoint,
+    require_kind,
+)
 from pureebm_lightning.runtime import configure_threads
 
 #: ``--ckpt_path`` values that Lightning resolves itself (not files)

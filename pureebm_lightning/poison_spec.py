@@ -6,7 +6,8 @@ purified folder is evaluated against the same attack). Two kinds:
 - ``triggered`` (BadNets, Blended, Narcissus): ``target_class`` and a ``trigger`` with ``file`` (a .npy
   array, (C, H, W) or (1, C, H, W), in the [-1, 1] image space), ``mode`` ("additive": x + m * trigger;
   "patch": the trigger pasted at ``position`` [row, col]; "blend": (1 - alpha) x + alpha * trigger),
-  ``magnification`` m (additive; the paper tests at 1, Narcissus' paper at 3) and ``alpha`` (blend).
+  ``magnification`` m (additive; the paper tests at 1, Narcissus' paper at 3) and ``alpha`` (blend); the
+  modes are those of ``pureebm_lightning.poisoning.trigger_modes`` (WaNet adds "warp").
   Poison success: share of clean test images whose class is not the target that, triggered, are
   classified as the target (only those of ``trigger.source_class`` when a trigger is meant for one class). Mode "images" has no trigger array: ``folder`` holds test images already
   triggered by the attack's own tool (BackdoorBench's ``bd_test_dataset``), each under the class the
@@ -70,20 +71,3 @@ class PoisonSpec:
         """The trigger as a float (C, H, W) tensor."""
         array = np.load(self.root / self.trigger["file"], allow_pickle=False)
         return torch.as_tensor(array, dtype=torch.float32).reshape(array.shape[-3:])
-
-
-def apply_trigger(x: Tensor, trigger: Tensor, mode: str, magnification: float = 1.0, alpha: float = 0.2,
-                  position: tuple[int, int] = (0, 0)) -> Tensor:
-    """Triggered copies of images ``x`` in [-1, 1] (N, C, H, W), clamped to [-1, 1]."""
-    trigger = trigger.to(x)
-    if mode == "additive":
-        out = x + magnification * trigger
-    elif mode == "blend":
-        out = (1 - alpha) * x + alpha * trigger
-    elif mode == "patch":
-        out = x.clone()
-        (r, c), (h, w) = position, trigger.shape[-2:]
-        out[..., r : r + h, c : c + w] = trigger
-    else:
-        raise ValueError(f"unknown trigger mode {mode!r}: additive, patch or blend")
-    return out.clamp(-1, 1)

@@ -1,4 +1,5 @@
-"""Shared fixtures: paths to the real configs, small energy functions with known gradients."""
+"""Shared fixtures: paths to the real configs, small energy functions with known gradients, and the one set of
+"tiny run" overrides (EBM training, purify, classifier, every attack and defense) that the tests use."""
 
 from __future__ import annotations
 
@@ -30,6 +31,8 @@ def _deterministic() -> None:
     torch.manual_seed(0)
 
 
+# ---- tiny runs: every test that runs a command in seconds takes its overrides from here ----------------------
+#: `pureebm fit --config configs/ebm_digits.yaml` on 8x8 digits with a small net, 2 steps
 TINY_EBM = [
     "--model.init_args.sampler.init_args.n_steps=2",
     "--model.init_args.bank_size=64",
@@ -40,6 +43,31 @@ TINY_EBM = [
     "--trainer.enable_progress_bar=false",
     "--trainer.enable_model_summary=false",
 ]
+#: `pureebm purify` without bars, summary or worker processes
+QUIET_PURIFY = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", "--num_workers=0"]
+#: a classifier trained for one epoch, quietly
+QUICK_CLASSIFIER = ["--trainer.max_epochs=1", "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
+#: `pureebm poison` on 8x8 digits without bars
+TINY_POISON_DATA = ["--data", "digits", "--image_size", "8", "--progress", "false"]
+#: the smallest run of each registered attack, with the largest pixel change (1/255) it may make; a new attack
+#: adds its line here, and the contract tests (test_plugins.py) run it
+TINY_ATTACK: dict[str, tuple[list[str], int]] = {
+    "none": ([], 0),
+    "badnets": (["--budget", "0.05"], 255),
+    "blended": (["--budget", "0.05", "--alpha", "0.2"], 52),
+    "narcissus": (["--budget", "0.05", "--steps", "20", "--lr", "0.1", "--surrogate_epochs", "1"], 8),
+    "gradient_matching": (["--budget", "0.02", "--steps", "3", "--restarts", "1", "--surrogate_epochs", "1"], 8),
+    "wanet": (["--budget", "0.05", "--strength", "1.0"], 255),
+}
+
+
+def tiny_defense(name: str, ebm: Path) -> list[str]:
+    """`pureebm purify` options of the smallest run of each registered defense (a new defense adds its line)."""
+    return {
+        "pureebm": [f"--ckpt_path={ebm}", "--steps=5"],
+        "jpeg": ["--jpeg_quality=75"],
+        "friendly_noise": ["--defense=friendly_noise", "--friendly_noise.model_epochs=1", "--friendly_noise.steps=3"],
+    }[name]
 
 
 def train_tiny_ebm(workdir: Path, rgb: bool) -> Path:

@@ -10,17 +10,9 @@ from pureebm_lightning import EBMModule
 from pureebm_lightning.cli import main
 from pureebm_lightning.ebm_module import CHECKPOINT_KEY
 
-from .conftest import CONFIGS
+from .conftest import CONFIGS, TINY_EBM
 
-FAST = [
-    "--model.init_args.sampler.init_args.n_steps=3",
-    "--model.init_args.bank_size=64",
-    "--data.init_args.image_size=8",
-    "--model.init_args.energy_net.init_args.image_size=8",
-    "--model.init_args.energy_net.init_args.num_filters=8",
-    "--trainer.max_steps=4",
-    "--trainer.enable_progress_bar=false",
-]
+FAST = [*TINY_EBM, "--trainer.max_steps=4"]  # a few more steps than the fixtures' EBM, for the resume tests
 
 
 @pytest.fixture(autouse=True)
@@ -48,7 +40,7 @@ def test_fit_digits_writes_a_checkpoint_with_the_bank_and_validates(in_tmp):
 
     # the checkpoint rebuilds the whole module (energy net from its config) without the CLI
     module = EBMModule.load_from_checkpoint(ckpts[-1])
-    assert module.sampler.n_steps == 3 and module.energy_net.image_size == 8
+    assert module.sampler.n_steps == 2 and module.energy_net.image_size == 8
     assert torch.isfinite(module(torch.zeros(2, 1, 8, 8))).all()
 
     # validate on the checkpoint

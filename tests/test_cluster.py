@@ -133,8 +133,7 @@ def test_requeue_signal_checkpoints_every_chain_at_a_batch_end_and_requeues(tmp_
     from lightning.pytorch import Callback
 
     from pureebm_lightning import ConvNetEnergy, EBMModule, LangevinSampler
-    from pureebm_lightning.callbacks import SlurmRequeue
-    from pureebm_lightning.callbacks import slurm_requeue
+    from pureebm_lightning.callbacks import SlurmRequeue, slurm_requeue
     from pureebm_lightning.data import DigitsDataModule
 
     calls = []

@@ -12,7 +12,11 @@ from PIL import Image
 from sklearn.datasets import load_digits
 
 from pureebm_lightning import ConvNetEnergy, EBMModule, LangevinSampler
-from pureebm_lightning.data import CIFAR10DataModule, DigitsDataModule, ImageFolderDataModule
+from pureebm_lightning.data import (
+    CIFAR10DataModule,
+    DigitsDataModule,
+    ImageFolderDataModule,
+)
 
 
 def test_digits_are_real_8bit_images_in_signed_unit_range_with_disjoint_splits():

@@ -1,7 +1,11 @@
 import pytest
 import torch
 
-from pureebm_lightning.energy_nets import ConvNetEnergy, SNGANResNetEnergy, count_parameters
+from pureebm_lightning.energy_nets import (
+    ConvNetEnergy,
+    SNGANResNetEnergy,
+    count_parameters,
+)
 
 
 @pytest.mark.parametrize(

@@ -11,15 +11,19 @@ import pytest
 import torch
 
 from pureebm_lightning.cli import main
-from pureebm_lightning.poison_spec import PoisonSpec, apply_trigger
-from pureebm_lightning.poisoning.badnets import checkerboard
-from pureebm_lightning.poisoning.clean_data import Split, load_clean_data, signed
-from pureebm_lightning.poisoning.gradient_matching import GradientMatching
+from pureebm_lightning.images import quantise, to_signed_unit
+from pureebm_lightning.poison_spec import PoisonSpec
+from pureebm_lightning.poisoning.attacks.badnets import checkerboard
+from pureebm_lightning.poisoning.attacks.gradient_matching import GradientMatching
+from pureebm_lightning.poisoning.attacks.narcissus import optimise_trigger
+from pureebm_lightning.poisoning.clean_data import load_clean_data
 from pureebm_lightning.poisoning.importers import read_indexed_folder
-from pureebm_lightning.poisoning.narcissus import optimise_trigger, quantise
-from pureebm_lightning.poisoning.surrogate import surrogate_net
+from pureebm_lightning.poisoning.trigger_modes import apply_trigger
+from pureebm_lightning.splits import Split
+from pureebm_lightning.surrogate import surrogate_net
 
-SMALL = ["--data", "digits", "--image_size", "8", "--progress", "false"]
+from .conftest import TINY_POISON_DATA
+
 FAST_OPT = ["--surrogate_epochs", "2", "--steps", "40"]
 MANIFEST_KEYS = {"attack", "kind", "clean_label", "train_count", "poison_count", "poison_share", "poison_indices",
                  "changed_pixels_ids", "relabelled_ids", "linf_255", "classes", "data", "holdout", "holdout_ids", "seed",
@@ -27,7 +31,7 @@ MANIFEST_KEYS = {"attack", "kind", "clean_label", "train_count", "poison_count",
 
 
 def poison(out: Path, *flags: str) -> dict:
-    main(["poison", "--out", str(out), *SMALL, *flags])
+    main(["poison", "--out", str(out), *TINY_POISON_DATA, *flags])
     return json.loads((out / "poison.json").read_text())
 
 
@@ -72,8 +76,8 @@ def test_blended_mixes_the_pattern_at_alpha_into_the_budget(tmp_path, clean):
     assert torch.equal(got.images[~rows], clean.images[~rows]) and torch.equal(got.labels[~rows], clean.labels[~rows])
     assert (got.labels[rows] == 0).all()
     # at test time the same blend is applied to clean images
-    blended = apply_trigger(signed(clean.images[:2]), pattern, "blend", alpha=0.2)
-    assert torch.allclose(blended, 0.8 * signed(clean.images[:2]) + 0.2 * pattern, atol=1e-6)
+    blended = apply_trigger(to_signed_unit(clean.images[:2]), pattern, {"mode": "blend", "alpha": 0.2})
+    assert torch.allclose(blended, 0.8 * to_signed_unit(clean.images[:2]) + 0.2 * pattern, atol=1e-6)
 
 
 def test_narcissus_is_clean_label_inside_its_linf_ball_on_the_pixel_grid_and_lowers_its_objective(tmp_path, clean):
@@ -105,7 +109,7 @@ def test_narcissus_trigger_optimisation_lowers_the_target_loss_of_a_trained_net(
     torch.manual_seed(0)
     net = surrogate_net((1, 8, 8), 10)
     opt = torch.optim.Adam(net.parameters(), 1e-2)
-    x, y = signed(data.images), data.labels
+    x, y = to_signed_unit(data.images), data.labels
     for _ in range(60):
         opt.zero_grad()
         torch.nn.functional.cross_entropy(net(x), y).backward()
@@ -178,15 +182,15 @@ def test_user_errors_are_one_line_and_nothing_is_overwritten_silently(tmp_path, 
     with pytest.raises(SystemExit, match="either --attack"):
         main(["poison", "--out", str(tmp_path / "x")])
     with pytest.raises(SystemExit, match="only .* of class 0"):
-        main(["poison", "--out", str(tmp_path / "x"), *SMALL, "--attack", "narcissus", "--budget", "0.5"])
+        main(["poison", "--out", str(tmp_path / "x"), *TINY_POISON_DATA, "--attack", "narcissus", "--budget", "0.5"])
     with pytest.raises(SystemExit, match="no such folder"):
         main(["poison", "--out", str(tmp_path / "x"), "--attack", "badnets", "--data", str(tmp_path / "missing")])
     with pytest.raises(SystemExit, match="--epsilon .* 1..255"):
-        main(["poison", "--out", str(tmp_path / "x"), *SMALL, "--attack", "narcissus", "--epsilon", "-8"])
+        main(["poison", "--out", str(tmp_path / "x"), *TINY_POISON_DATA, "--attack", "narcissus", "--epsilon", "-8"])
     with pytest.raises(SystemExit, match="no --holdout"):
-        main(["poison", "--out", str(tmp_path / "x"), *SMALL, "--import", "narcissus_trigger", "--source", "t.npy", "--holdout", "0.2"])
+        main(["poison", "--out", str(tmp_path / "x"), *TINY_POISON_DATA, "--import", "narcissus_trigger", "--source", "t.npy", "--holdout", "0.2"])
     with pytest.raises(SystemExit, match="only .* of class 3"):  # refused before the surrogate trains
-        main(["poison", "--out", str(tmp_path / "x"), *SMALL, "--attack", "narcissus", "--budget", "0.2", "--target_class", "3"])
+        main(["poison", "--out", str(tmp_path / "x"), *TINY_POISON_DATA, "--attack", "narcissus", "--budget", "0.2", "--target_class", "3"])
     poison(tmp_path / "p", "--attack", "badnets")
     with pytest.raises(SystemExit, match="exists"):
         poison(tmp_path / "p", "--attack", "blended")
@@ -238,7 +242,7 @@ def test_a_failed_write_leaves_the_old_folder_whole_and_nothing_half_written(tmp
 
 def test_attacker_data_replaces_the_holdout_and_is_recorded(tmp_path, clean):
 
-    from pureebm_lightning.purification.sources import chw_to_pil
+    from pureebm_lightning.images import chw_to_pil
 
     pool = load_clean_data("digits", holdout=0.2, image_size=8).pool
     for image, label, i in zip(pool.images[:60], pool.labels[:60].tolist(), pool.ids[:60].tolist()):

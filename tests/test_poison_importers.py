@@ -14,11 +14,12 @@ from torch import nn
 from torch.nn import functional as F
 
 from pureebm_lightning.cli import main
-from pureebm_lightning.data.poisoned_set import PoisonedSetDataModule
 from pureebm_lightning.data.digits import digits_images
-from pureebm_lightning.poisoning.clean_data import Split, load_clean_splits
-from pureebm_lightning.purification.sources import chw_to_pil
+from pureebm_lightning.data.poisoned_set import PoisonedSetDataModule
+from pureebm_lightning.images import chw_to_pil
+from pureebm_lightning.poisoning.clean_data import load_clean_splits
 from pureebm_lightning.poisoning.importers import read_indexed_folder
+from pureebm_lightning.splits import Split
 
 POISONED_ROWS = [2, 5, 11]
 

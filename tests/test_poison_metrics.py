@@ -14,18 +14,18 @@ from torch import nn
 from pureebm_lightning import ClassifierModule
 from pureebm_lightning.callbacks import ResultsTable
 from pureebm_lightning.data import PoisonedSetDataModule
-from pureebm_lightning.poison_spec import apply_trigger
+from pureebm_lightning.poisoning.trigger_modes import apply_trigger
 
 
 def test_trigger_modes_by_hand():
     x = torch.zeros(1, 1, 3, 3)
     trigger = torch.full((1, 3, 3), 0.4)
-    assert torch.allclose(apply_trigger(x, trigger, "additive", magnification=3), torch.full_like(x, 1.0))  # clamped
-    assert torch.allclose(apply_trigger(x + 0.5, trigger, "blend", alpha=0.25), torch.full_like(x, 0.475))
-    patched = apply_trigger(x, torch.ones(1, 2, 2), "patch", position=(1, 1))
+    assert torch.allclose(apply_trigger(x, trigger, {"mode": "additive", "magnification": 3}), torch.full_like(x, 1.0))  # clamped
+    assert torch.allclose(apply_trigger(x + 0.5, trigger, {"mode": "blend", "alpha": 0.25}), torch.full_like(x, 0.475))
+    patched = apply_trigger(x, torch.ones(1, 2, 2), {"mode": "patch", "position": [1, 1]})
     assert patched.sum() == 4 and patched[0, 0, 1:, 1:].eq(1).all() and patched[0, 0, 0].eq(0).all()
     with pytest.raises(ValueError, match="unknown trigger mode"):
-        apply_trigger(x, trigger, "stamp")
+        apply_trigger(x, trigger, {"mode": "stamp"})
 
 
 class CornerNet(nn.Module):

@@ -12,7 +12,7 @@ import torch
 from lightning.pytorch import Trainer
 
 from pureebm_lightning.data import PurifiedDataModule
-from pureebm_lightning.purification import open_source
+from pureebm_lightning.sources import open_source
 
 from .conftest import ROOT, write_digit_folder
 from .recording_module import RecordingModule
@@ -32,9 +32,11 @@ def test_purifies_once_caches_and_trains_on_purified_images(tmp_path, grey_ebm):
     dm = PurifiedDataModule(str(data), str(grey_ebm), steps=10, batch_size=8, crop_padding=0, hflip=False, cache_dir=str(tmp_path / "cache"))
     module = fit(dm, epochs=2)
     assert dm.purified_now == 24
-    (cache,) = (tmp_path / "cache").iterdir()  # <checkpoint>-<source>-T10-seed0-B256, in the purify layout
-    assert cache.name.endswith("-T10-seed0-B256") and json.loads((cache / "manifest.json").read_text())["complete"]
-    for epoch, x, y in module.seen:
+    (cache,) = (tmp_path / "cache").iterdir()  # <defense>-<run key>, in the purify layout
+    manifest = json.loads((cache / "manifest.json").read_text())
+    assert manifest["complete"] and cache.name == f"pureebm-{manifest['run_key'][:16]}"
+    assert (manifest["steps"], manifest["seed"], manifest["batch_size"]) == (10, 0, 256)
+    for _epoch, x, _y in module.seen:
         assert x.shape == (8, 1, 8, 8) and x.dtype == torch.float32 and x.min() >= -1 and x.max() <= 1
     # labels travel with their images: match each seen image to its purified file
     purified = {tuple(((dm.train_set.load(i).float() / 127.5) - 1).flatten().tolist()): source.labels[i] for i in range(24)}

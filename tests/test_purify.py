@@ -17,14 +17,12 @@ import pytest
 import torch
 from PIL import Image
 
-from pureebm_lightning import __version__
+from pureebm_lightning import Purifier, __version__
 from pureebm_lightning.cli import main
-from pureebm_lightning.purification import PoisonedDataError, Purifier
-from pureebm_lightning.purification.purifier import to_signed_unit, to_uint8
+from pureebm_lightning.errors import PoisonedDataError
+from pureebm_lightning.images import to_signed_unit, to_uint8
 
-from .conftest import ROOT, write_digit_folder
-
-QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", "--num_workers=0"]
+from .conftest import QUIET_PURIFY, ROOT, write_digit_folder
 
 
 @pytest.fixture(autouse=True)
@@ -33,7 +31,7 @@ def _argv(monkeypatch):
 
 
 def purify(data, ckpt, *extra):
-    main(["purify", f"--data={data}", f"--ckpt_path={ckpt}", "--steps=20", "--batch_size=16", *QUIET, *extra])
+    main(["purify", f"--data={data}", f"--ckpt_path={ckpt}", "--steps=20", "--batch_size=16", *QUIET_PURIFY, *extra])
 
 
 def files(root: Path) -> set[str]:
@@ -103,7 +101,7 @@ def test_a_run_killed_midway_finishes_on_rerun_without_redoing_or_losing_images(
     data, out = tmp_path / "poisoned", tmp_path / "out"
     keys = write_digit_folder(data, 150)
     cmd = [sys.executable, "-m", "pureebm_lightning", "purify", f"--data={data}", f"--ckpt_path={grey_ebm}",
-           f"--out={out}", "--steps=300", "--batch_size=1", *QUIET]
+           f"--out={out}", "--steps=300", "--batch_size=1", *QUIET_PURIFY]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
@@ -132,7 +130,7 @@ def test_another_runs_output_is_refused_unless_overwrite_which_replaces_it_whole
     before = {k: (out / k).read_bytes() for k in keys}
     manifest = (out / "manifest.json").read_text()
     with pytest.raises(SystemExit, match=r"steps: 20 there, 30 now.*--overwrite"):
-        main(["purify", f"--data={data}", f"--ckpt_path={grey_ebm}", f"--out={out}", "--steps=30", *QUIET])
+        main(["purify", f"--data={data}", f"--ckpt_path={grey_ebm}", f"--out={out}", "--steps=30", *QUIET_PURIFY])
     assert (out / "manifest.json").read_text() == manifest
     (out / "train/0/leftover.png").write_bytes((out / keys[0]).read_bytes())  # e.g. an image since deleted from the input
     purify(data, grey_ebm, f"--out={out}", "--seed=1", "--overwrite")
@@ -299,7 +297,7 @@ def test_two_process_ddp_purify_equals_the_one_process_file_set(tmp_path, grey_e
     for devices in (1, 2):
         outs[devices] = tmp_path / f"out{devices}"
         cmd = [sys.executable, "-m", "pureebm_lightning", "purify", f"--data={data}", f"--ckpt_path={grey_ebm}",
-               f"--out={outs[devices]}", "--steps=10", "--batch_size=4", *QUIET, "--trainer.accelerator=cpu",
+               f"--out={outs[devices]}", "--steps=10", "--batch_size=4", *QUIET_PURIFY, "--trainer.accelerator=cpu",
                f"--trainer.devices={devices}", f"--trainer.strategy={'ddp' if devices == 2 else 'auto'}"]
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
         assert proc.returncode == 0, proc.stderr[-3000:]
@@ -313,7 +311,7 @@ def test_two_process_ddp_purify_equals_the_one_process_file_set(tmp_path, grey_e
 def test_jpeg_baseline_has_the_same_command_and_output_layout(tmp_path, grey_ebm):
     data = tmp_path / "poisoned"
     keys = write_digit_folder(data, 10)
-    main(["purify", f"--data={data}", "--jpeg_quality=30", *QUIET])
+    main(["purify", f"--data={data}", "--jpeg_quality=30", *QUIET_PURIFY])
     out = tmp_path / "poisoned_jpeg30"
     assert files(out) == set(keys) | {"manifest.json"}
     manifest = json.loads((out / "manifest.json").read_text())
@@ -321,14 +319,14 @@ def test_jpeg_baseline_has_the_same_command_and_output_layout(tmp_path, grey_ebm
     diffs = [np.abs(pixels(out / k) - pixels(data / k)).mean() for k in keys]
     assert min(diffs) > 0  # compression changed every image
     with pytest.raises(SystemExit, match="either --ckpt_path .* or --jpeg_quality"):
-        main(["purify", f"--data={data}", *QUIET])
+        main(["purify", f"--data={data}", *QUIET_PURIFY])
     with pytest.raises(SystemExit, match="another purification .*defense: 'jpeg' there, 'pureebm' now"):
         purify(data, grey_ebm, f"--out={out}")
 
 
 def test_jpeg_purifier_loses_more_at_lower_quality():
     from pureebm_lightning.data.digits import digits_images
-    from pureebm_lightning.purification.jpeg_purifier import JPEGPurifier
+    from pureebm_lightning.defenses.jpeg import JPEGPurifier
 
     images = to_uint8(digits_images(16, rgb=True)[0][:20])
     error = {q: (JPEGPurifier(q)(images).float() - images.float()).abs().mean().item() for q in (10, 50, 95)}

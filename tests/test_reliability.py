@@ -12,13 +12,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from .conftest import CONFIGS, ROOT, TINY_EBM, write_digit_folder
 from pureebm_lightning.cli import main
 
-QUIET = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false", "--num_workers=0"]
+from .conftest import CONFIGS, QUIET_PURIFY, ROOT, TINY_EBM, write_digit_folder
+
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
 
 
@@ -38,7 +37,7 @@ def fails(args: list[str]) -> SystemExit:
 
 
 def purify_args(data: Path, ckpt: Path, out: Path, *extra: str) -> list[str]:
-    return ["purify", f"--data={data}", f"--ckpt_path={ckpt}", f"--out={out}", "--steps=5", "--batch_size=4", *QUIET, *extra]
+    return ["purify", f"--data={data}", f"--ckpt_path={ckpt}", f"--out={out}", "--steps=5", "--batch_size=4", *QUIET_PURIFY, *extra]
 
 
 def truncate(path: Path) -> None:
@@ -189,7 +188,7 @@ def test_a_full_disk_is_one_line_and_leaves_no_partial_file(tmp_path, grey_ebm, 
     for i in range(60):  # noise does not compress: 60 of these PNGs do not fit in 64 KiB
         (data / "train" / str(i % 3)).mkdir(parents=True, exist_ok=True)
         Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8), "RGB").save(data / "train" / str(i % 3) / f"{i}.png")
-    err = fails(["purify", f"--data={data}", "--jpeg_quality=75", f"--out={small_disk / 'out'}", "--batch_size=4", *QUIET])
+    err = fails(["purify", f"--data={data}", "--jpeg_quality=75", f"--out={small_disk / 'out'}", "--batch_size=4", *QUIET_PURIFY])
     assert "No space left on device" in str(err.code)
     leftovers = [p for p in (small_disk / "out").rglob("*") if p.is_file() and (".tmp" in p.name or p.stat().st_size == 0)]
     assert leftovers == []
@@ -211,7 +210,7 @@ def test_a_second_run_into_a_folder_being_written_is_refused_naming_the_first(tm
     data, out = tmp_path / "poisoned", tmp_path / "out"
     keys = write_digit_folder(data, 240)  # far more than the first run purifies while the others try
     cmd = [sys.executable, "-m", "pureebm_lightning", "purify", f"--data={data}", f"--ckpt_path={grey_ebm}", f"--out={out}",
-           "--steps=400", "--batch_size=1", *QUIET]
+           "--steps=400", "--batch_size=1", *QUIET_PURIFY]
     first = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 120
@@ -238,7 +237,8 @@ def test_a_second_run_into_a_folder_being_written_is_refused_naming_the_first(tm
 def test_the_lock_refuses_a_second_holder_names_it_and_hands_over_on_release(tmp_path):
     import threading
 
-    from pureebm_lightning.purification.output_lock import OutputLock, OutputLocked
+    from pureebm_lightning.errors import OutputLocked
+    from pureebm_lightning.purification.output_lock import OutputLock
 
     first = OutputLock(tmp_path / "out").acquire()
     with pytest.raises(OutputLocked, match=rf"being written by another run \(pid {os.getpid()} on "):

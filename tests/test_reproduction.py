@@ -10,8 +10,7 @@ import sys
 import pytest
 import torch
 
-from pureebm_lightning import ConvNetEnergy, LangevinSampler
-from pureebm_lightning.purification import Purifier
+from pureebm_lightning import ConvNetEnergy, LangevinSampler, Purifier
 
 from .conftest import ROOT
 
@@ -131,7 +130,17 @@ def test_quick_reproduction_writes_its_report_and_resumes(tmp_path):
     assert chain["clean images"]["l2_clean_0"] == 0 and chain["Blended poisons"]["l2_clean_0"] > 1
     assert set(summary["checks"]) >= {"badnets_works", "blended_removed", "narcissus_removed", "gm_works", "beats_jpeg", "window"}
     lines = (out / "victims.jsonl").read_text().splitlines()
-    assert len(lines) == 1 + 3 * 4 + 2 + 2 * 3  # clean, 3 attacks x (none, JPEG, T 10, T 20), poisoned EBM x 2 T, GM x 3
+    plugins = json.loads((out / "plugins.json").read_text())
+    by_stage = {stage: [r for r in plugins if r["stage"] == stage] for stage in ("plugin_attack", "plugin_defense")}
+    # the plug-in attack (WaNet) by none, JPEG, T 10, T 20; the plug-in defense (Friendly Noise) against each working attack
+    assert sorted(r["defense"] for r in by_stage["plugin_attack"]) == ["T10", "T20", "jpeg", "none"]
+    assert {r["attack"] for r in by_stage["plugin_attack"]} == {"wanet"}
+    fn = by_stage["plugin_defense"]
+    assert {r["defense"] for r in fn} == {"friendly_noise"} and "badnets" in {r["attack"] for r in fn}
+    assert all(r["defense_settings"]["epsilon_255"] == 16 for r in fn)
+    # clean, 3 attacks x (none, JPEG, T 10, T 20), poisoned EBM x 2 T, GM x 3, then the plug-ins' victims
+    assert len(lines) == 1 + 3 * 4 + 2 + 2 * 3 + 4 + len(fn)
+    assert "## Attacks and defenses added through the registries" in (out / "results.md").read_text()
 
     timings = json.loads((out / "timings.json").read_text())
     assert timings["total_s"] == timings["this_invocation_s"] and timings["total_s"]["victims"] > 0
@@ -148,5 +157,5 @@ def test_quick_reproduction_writes_its_report_and_resumes(tmp_path):
     assert "Wrote" not in changed.stdout and "EBM " not in changed.stdout
     rows = [json.loads(line) for line in (out / "victims.jsonl").read_text().splitlines()]
     jpeg_sets = {tuple(row["key"].split("|")[:3]) for row in rows if row["defense"] == "jpeg"}
-    assert len(rows) > len(lines) and len(jpeg_sets) == 5 * 2  # (3 triggered + 2 GM sets) x 2 qualities
+    assert len(rows) > len(lines) and len(jpeg_sets) == 6 * 2  # (3 triggered + 2 GM sets + WaNet) x 2 qualities
     assert json.loads((out / "results.json").read_text())["settings"]["jpeg_quality"] == 50

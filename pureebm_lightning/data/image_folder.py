@@ -10,7 +10,8 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.transforms import v2
 
 from pureebm_lightning.data.base import TO_SIGNED_UNIT, ImageDataModule, require_dir
-from pureebm_lightning.purification.sources import read_pil, refuse_link_loops
+from pureebm_lightning.images import read_pil
+from pureebm_lightning.sources import refuse_link_loops
 
 
 class ImageFolderDataModule(ImageDataModule):

@@ -11,10 +11,11 @@ from lightning.pytorch import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
-from pureebm_lightning.poison_spec import PoisonSpec, apply_trigger
-from pureebm_lightning.purification.purifier import to_signed_unit
 from pureebm_lightning.errors import PoisonedDataError
-from pureebm_lightning.purification.sources import PoisonedSource, open_source, read_image
+from pureebm_lightning.images import read_image, to_signed_unit
+from pureebm_lightning.poison_spec import PoisonSpec
+from pureebm_lightning.poisoning.trigger_modes import apply_trigger, uses_trigger_array
+from pureebm_lightning.sources import PoisonedSource, open_source
 
 
 class _Picked:
@@ -125,14 +126,14 @@ class PoisonedSetDataModule(LightningDataModule):
             self.test_set = LabelledImages(test.load, labels)
             if self.poison is not None:
                 self.poison_test_set = self._poison_test_set(test, labels)
-                if self.poison.kind == "triggered" and self.poison.trigger.get("mode") != "images":
+                if self.poison.kind == "triggered" and uses_trigger_array(self.poison.trigger["mode"]):
                     self.trigger = self.poison.trigger_array()
 
     def _poison_test_set(self, test: PoisonedSource, labels: list[int]) -> Dataset:
         """Triggered: the clean test images not of the target class, labelled with the target (the trigger is
         added on the device). Targeted: the target images, labelled with the class the attacker intended."""
         spec = self.poison
-        if spec.kind == "triggered" and spec.trigger.get("mode") == "images":  # triggered by the attack's own tool
+        if spec.kind == "triggered" and not uses_trigger_array(spec.trigger["mode"]):  # triggered by the attack's own tool
             triggered = open_source(spec.root / spec.trigger["folder"])
             if triggered.shape != test.shape:
                 raise PoisonedDataError(f"{triggered.root}: images of shape {triggered.shape}, the test images are {test.shape}")
@@ -210,8 +211,7 @@ class PoisonedSetDataModule(LightningDataModule):
         if self.trigger is None:
             return x
         t = self.poison.trigger
-        return apply_trigger(x, self.trigger, t["mode"], self._magnification() if magnification is None else magnification,
-                             float(t.get("alpha", 0.2)), tuple(t.get("position", (0, 0))))
+        return apply_trigger(x, self.trigger, t, self._magnification() if magnification is None else magnification)
 
     def _testing(self) -> bool:
         return self.trainer is not None and self.trainer.testing

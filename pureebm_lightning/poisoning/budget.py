@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from pureebm_lightning.purification.sources import PoisonedDataError
+from pureebm_lightning.errors import PoisonedDataError
 
 
 def poison_count(budget: float, n_train: int) -> int:
@@ -13,6 +13,14 @@ def poison_count(budget: float, n_train: int) -> int:
     if not 0 < budget <= 1:
         raise PoisonedDataError(f"--budget is a share of the training set in (0, 1], got {budget}")
     return max(1, round(budget * n_train))
+
+
+def check_optimisation(epsilon: int, steps: int, surrogate_epochs: int) -> None:
+    """The bounds every optimised attack shares: an l_inf ``epsilon`` in 1/255 steps, and at least one step and epoch."""
+    if not 1 <= epsilon <= 255:
+        raise PoisonedDataError(f"--epsilon is an l_inf bound in 1/255 steps, 1..255; got {epsilon}")
+    if steps < 1 or surrogate_epochs < 1:
+        raise PoisonedDataError(f"--steps and --surrogate_epochs must be at least 1, got {steps} and {surrogate_epochs}")
 
 
 def choose_rows(labels: Tensor, count: int, generator: torch.Generator, of_class: int | None = None,

@@ -6,25 +6,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from torch import Tensor
 
-from pureebm_lightning.purification.purifier import to_signed_unit, to_uint8
-from pureebm_lightning.purification.sources import PoisonedDataError, open_source
-
-
-@dataclass
-class Split:
-    """uint8 images (N, C, H, W), their labels, and their ids (the dataset's own indices, used as file names)."""
-
-    images: Tensor
-    labels: Tensor
-    ids: Tensor
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def subset(self, rows: Tensor) -> "Split":
-        return Split(self.images[rows], self.labels[rows], self.ids[rows])
+from pureebm_lightning.errors import PoisonedDataError
+from pureebm_lightning.images import to_uint8
+from pureebm_lightning.sources import open_source
+from pureebm_lightning.splits import Split
 
 
 @dataclass
@@ -44,12 +30,9 @@ class CleanData:
         return tuple(self.train.images.shape[1:])
 
 
-signed = to_signed_unit  # uint8 images as floats in [-1, 1], the project's one conversion
-
-
 def _digits(image_size: int) -> tuple[Split, Split, list[str]]:
     """scikit-learn's digits: the test split is the one ``DigitsDataModule`` (split_seed 0) tests on."""
-    from pureebm_lightning.data.digits import digits_images
+    from pureebm_lightning.bundled_digits import digits_images
 
     x, y = digits_images(image_size)
     images = to_uint8(x)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -10,35 +11,35 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 
 from pureebm_lightning.errors import PoisonedDataError
-from pureebm_lightning.poisoning.badnets import badnets
-from pureebm_lightning.poisoning.blended import blended
+from pureebm_lightning.poisoning.attacks import ATTACKS, RUN_PARAMETERS
+from pureebm_lightning.poisoning.attacks.narcissus import apply_narcissus_trigger
 from pureebm_lightning.poisoning.clean_data import CleanData, load_clean_data
-from pureebm_lightning.poisoning.gradient_matching import gradient_matching
-from pureebm_lightning.poisoning.importers import import_backdoorbench, import_just_how_toxic, import_witches_brew
-from pureebm_lightning.poisoning.narcissus import apply_narcissus_trigger, narcissus
-from pureebm_lightning.poisoning.options import DEFAULT_BUDGET, DEFAULT_STEPS, build_parser
-from pureebm_lightning.poisoning.poisoned_folder import Poisoning, check_out, write_poisoned_folder
+from pureebm_lightning.poisoning.importers import (
+    import_backdoorbench,
+    import_just_how_toxic,
+    import_witches_brew,
+)
+from pureebm_lightning.poisoning.options import attack_named, build_parser, normalise
+from pureebm_lightning.poisoning.poisoned_folder import (
+    Poisoning,
+    check_out,
+    write_poisoned_folder,
+)
 from pureebm_lightning.runtime import configure_threads
 
 
 def _attack(cfg: Any, clean: CleanData) -> Poisoning:
-    target_class = 0 if cfg.target_class is None else cfg.target_class
-    budget = cfg.budget if cfg.budget is not None else DEFAULT_BUDGET[cfg.attack]
-    steps = cfg.steps if cfg.steps is not None else DEFAULT_STEPS.get(cfg.attack)
-    common = {"seed": cfg.seed}
-    optimised = {"surrogate_epochs": cfg.surrogate_epochs, "arch": cfg.surrogate_arch, "accelerator": cfg.accelerator,
-                 "hflip": cfg.hflip, "progress": cfg.progress, "epsilon": cfg.epsilon, "steps": steps, **common}
-    if cfg.attack == "none":  # the same split, unpoisoned: the clean reference and the floor's training set
-        return Poisoning("none", "clean", clean.train, clean.test, poison_ids=[], clean_label=True)
-    if cfg.attack == "badnets":
-        return badnets(clean, target_class, budget, cfg.patch_size, **common)
-    if cfg.attack == "blended":
-        return blended(clean, target_class, budget, cfg.alpha, **common)
-    if cfg.attack == "narcissus":
-        return narcissus(clean, target_class, budget, lr=cfg.lr, warmup_epochs=cfg.warmup_epochs, warmup_lr=cfg.warmup_lr,
-                         magnification=cfg.magnification, **optimised)
-    return gradient_matching(clean, budget, restarts=cfg.restarts, step_size=cfg.step_size, target_id=cfg.target_id,
-                             intended_class=cfg.intended_class, **optimised)
+    """Run the registered attack ``cfg.attack`` with its options from ``cfg`` and the run-wide ones."""
+    attack = ATTACKS[cfg.attack]
+    parameters = inspect.signature(attack).parameters
+    given = {name: cfg[name] for name in parameters if name not in RUN_PARAMETERS}
+    run_wide = {"clean": clean, "seed": cfg.seed, "accelerator": cfg.accelerator, "progress": cfg.progress}
+    return attack(**given, **{k: v for k, v in run_wide.items() if k in parameters})
+
+
+def default_of(attack: str, parameter: str) -> Any:
+    """The default of an attack's parameter (its signature is the one place it is stated)."""
+    return inspect.signature(ATTACKS[attack]).parameters[parameter].default
 
 
 def _import(cfg: Any, fmt: str, clean: CleanData | None) -> tuple[Poisoning, list[str], Any]:
@@ -56,7 +57,7 @@ def _import(cfg: Any, fmt: str, clean: CleanData | None) -> tuple[Poisoning, lis
             trigger = torch.as_tensor(np.load(source, allow_pickle=False)).float()
         except (OSError, ValueError, TypeError) as err:
             raise PoisonedDataError(f"--source {source}: not a NumPy .npy trigger array ({err})") from err
-        budget = cfg.budget if cfg.budget is not None else DEFAULT_BUDGET[fmt]
+        budget = cfg.budget if cfg.budget is not None else default_of("narcissus", "budget")
         target_class = 0 if cfg.target_class is None else cfg.target_class
         return apply_narcissus_trigger(clean, trigger, target_class, budget, cfg.magnification, cfg.seed), clean.classes, clean.train
     if fmt == "backdoorbench":
@@ -68,11 +69,14 @@ def _import(cfg: Any, fmt: str, clean: CleanData | None) -> tuple[Poisoning, lis
 
 def poison(argv: list[str]) -> dict[str, Any]:
     """Run ``pureebm poison`` with ``argv`` (the arguments after ``poison``); returns the ``poison.json`` written."""
-    cfg = build_parser().parse_args(argv)
+    attack = attack_named(argv)
+    if attack is not None and attack not in ATTACKS.names():
+        raise PoisonedDataError(f"unknown attack {attack!r}: the attacks are {', '.join(ATTACKS.names())}")
+    cfg = build_parser(attack).parse_args(normalise(argv))
     configure_threads(cfg.threads)
     fmt = getattr(cfg, "import")
     if (cfg.attack is None) == (fmt is None):
-        raise PoisonedDataError("give either --attack NAME (make a poisoned set) or --import FORMAT --source PATH (read one)")
+        raise PoisonedDataError("give either --attack NAME (`pureebm poison NAME --out DIR`: make a poisoned set) or --import FORMAT --source PATH (read one)")
     if fmt is not None and cfg.source is None:
         raise PoisonedDataError(f"--import {fmt} needs --source (the export to read)")
     holdout = cfg.holdout if cfg.holdout is not None else (0.2 if cfg.attack and not cfg.attacker_data else 0.0)
@@ -80,16 +84,12 @@ def poison(argv: list[str]) -> dict[str, Any]:
         raise PoisonedDataError("give --attacker_data or --holdout, not both")
     if fmt is not None and (holdout or cfg.attacker_data):
         raise PoisonedDataError("--import takes the clean set as the export indexes it: no --holdout or --attacker_data")
-    if not 1 <= cfg.epsilon <= 255:
-        raise PoisonedDataError(f"--epsilon is an l_inf bound in 1/255 steps, 1..255; got {cfg.epsilon}")
-    if (cfg.steps is not None and cfg.steps < 1) or cfg.restarts < 1 or cfg.surrogate_epochs < 1:
-        raise PoisonedDataError("--steps, --restarts and --surrogate_epochs must be at least 1")
     check_out(cfg.out, cfg.overwrite)  # before any work
     data = cfg.data or ("digits" if cfg.attack else None)
     clean = None
     if data is not None:
         clean = load_clean_data(data, holdout, cfg.split_seed, cfg.image_size, cfg.attacker_data)
-        if cfg.target_class is not None and cfg.target_class not in range(len(clean.classes)):
+        if cfg.get("target_class") is not None and cfg.target_class not in range(len(clean.classes)):
             raise PoisonedDataError(f"--target_class {cfg.target_class} is not one of the {len(clean.classes)} classes")
     if cfg.attack:
         result, classes, clean_train = _attack(cfg, clean), clean.classes, clean.train

@@ -21,11 +21,16 @@ import torch
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from pureebm_lightning.poisoning.clean_data import Split
-from pureebm_lightning.poisoning.poisoned_folder import Poisoning, Target, measure
 from pureebm_lightning.errors import PoisonedDataError, first_sentence
-from pureebm_lightning.purification.sources import (NUMPY_DATA, NUMPY_LABELS, check_pixel_array, hwc_to_chw, read_image,
-                                                    refuse_link_loops, to_uint8_pixels)
+from pureebm_lightning.images import (
+    check_pixel_array,
+    hwc_to_chw,
+    read_image,
+    to_uint8_pixels,
+)
+from pureebm_lightning.poisoning.poisoned_folder import Poisoning, Target, measure
+from pureebm_lightning.sources import NUMPY_DATA, NUMPY_LABELS, refuse_link_loops
+from pureebm_lightning.splits import Split
 
 
 def read_indexed_folder(folder: Path, mode: str) -> tuple[Split, list[str]]:

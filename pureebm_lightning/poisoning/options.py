@@ -2,27 +2,56 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Literal
 
 from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser
 
-ATTACKS = ("none", "badnets", "blended", "narcissus", "gradient_matching")
 IMPORTS = ("witches_brew", "backdoorbench", "narcissus_trigger", "just_how_toxic")
-#: the published budgets (share of the training set) and optimisation steps each attack starts from
-DEFAULT_BUDGET = {"none": 0.0, "badnets": 0.1, "blended": 0.1, "narcissus": 0.01, "gradient_matching": 0.01, "narcissus_trigger": 0.01}
-DEFAULT_STEPS = {"narcissus": 500, "gradient_matching": 240}
+ATTACKS_PACKAGE = "pureebm_lightning.poisoning.attacks"
 
 
-def build_parser() -> ArgumentParser:
+def attack_named(argv: list[str]) -> str | None:
+    """The attack ``argv`` asks for (``ATTACK ...`` first, ``--attack ATTACK``, or ``attack:`` in a ``--config`` YAML)."""
+    if argv and not argv[0].startswith("-"):
+        return argv[0]
+    for i, arg in enumerate(argv):
+        if arg == "--attack" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--attack="):
+            return arg.split("=", 1)[1]
+    for i, arg in enumerate(argv):
+        if arg == "--config" and i + 1 < len(argv) and Path(argv[i + 1]).is_file():
+            import yaml
+
+            loaded = yaml.safe_load(Path(argv[i + 1]).read_text())
+            if isinstance(loaded, dict) and loaded.get("attack"):
+                return str(loaded["attack"])
+    return None
+
+
+def normalise(argv: list[str]) -> list[str]:
+    """``ATTACK ...`` as ``--attack ATTACK ...``."""
+    return ["--attack", argv[0], *argv[1:]] if argv and not argv[0].startswith("-") else list(argv)
+
+
+def build_parser(attack: str | None = None) -> ArgumentParser:
+    """The options of ``pureebm poison``; with ``attack``, that attack's own options (from its signature) instead of
+    the import options. Without, nothing is imported beyond jsonargparse."""
+    from pureebm_lightning.registry import Registry
+
+    attacks = Registry("attack", (ATTACKS_PACKAGE,), by_module=True).names()  # listed without importing them
     parser = ArgumentParser(
         prog="pureebm poison",
-        description="Make a poisoned training set with --attack, or import one made by another tool with --import. "
+        description="Make a poisoned training set (`pureebm poison ATTACK --out DIR`, attacks: " + ", ".join(attacks) +
+        "; `pureebm poison ATTACK --help` for its options), or import one made by another tool with --import. "
         "Writes train/<class>/<index>.png, test/<class>/<index>.png, targets/ (targeted attacks), the trigger "
         "(triggered attacks) and poison.json (the attack's manifest: parameters, target, budget, poison indices, "
         "measured l_inf), the folder `pureebm purify` and PoisonedSetDataModule read.",
     )
     parser.add_argument("--config", action=ActionConfigFile, help="YAML with any of the options below")
-    parser.add_argument("--attack", type=Literal[ATTACKS] | None, default=None, help="the attack to run ('none' writes the same split unpoisoned)")
+    parser.add_argument("--attack", type=Literal[tuple(attacks)] | None, default=None,
+                        help="the attack to run (also the first argument: `pureebm poison badnets ...`; 'none' writes the same split unpoisoned)")
     parser.add_argument("--import", type=Literal[IMPORTS] | None, default=None, help="the format of --source to import")
     parser.add_argument("--source", type=str | None, default=None, help="what to import: an export folder, or a trigger .npy")
     parser.add_argument("--data", type=str | None, default=None,
@@ -40,35 +69,35 @@ def build_parser() -> ArgumentParser:
                        help="a <class>/<image> folder to use as the attacker's data instead of a holdout")
     group.add_argument("--split_seed", type=int, default=0, help="seed of the holdout draw")
     group.add_argument("--image_size", type=int, default=16, help="digits only: side of the resized images")
-    group = parser.add_argument_group("Attack")
-    group.add_argument("--target_class", type=int | None, default=None,
-                       help="triggered attacks: the class the trigger leads to (default 0; BackdoorBench: read from info.pickle's attack_target)")
-    group.add_argument("--budget", type=float | None, default=None,
-                       help="share of the training set poisoned (default: BadNets/Blended 0.1, Narcissus/Gradient Matching 0.01)")
-    group.add_argument("--epsilon", type=int, default=8, help="Narcissus, Gradient Matching: l_inf bound in 1/255 (paper: 8, also 16)")
-    group.add_argument("--magnification", type=float, default=1.0,
-                       help="additive triggers: test-time multiplier recorded in poison.json (PureGen: 1, Narcissus' paper: 3)")
-    group.add_argument("--patch_size", type=int, default=3, help="BadNets: side of the checkerboard patch")
-    group.add_argument("--alpha", type=float, default=0.2, help="Blended: blend ratio of the pattern")
-    group.add_argument("--steps", type=int | None, default=None, help="optimisation steps (default: Narcissus 500, Gradient Matching 240)")
-    group.add_argument("--lr", type=float, default=0.01, help="Narcissus: RAdam learning rate of the trigger")
-    group.add_argument("--warmup_epochs", type=int, default=0,
-                       help="Narcissus: epochs of surrogate warm-up on the target class alone (published code: 5; on digits it "
-                       "saturates the surrogate so the trigger's gradient is exactly 0, hence off by default)")
-    group.add_argument("--warmup_lr", type=float, default=0.1, help="Narcissus: RAdam learning rate of the warm-up")
-    group.add_argument("--restarts", type=int, default=8, help="Gradient Matching: random restarts (the best is kept)")
-    group.add_argument("--step_size", type=float, default=6.0, help="Gradient Matching: first signed-Adam step, in 1/255")
-    group.add_argument("--target_id", type=int | None, default=None, help="Gradient Matching: test id of the target (default: drawn)")
-    group.add_argument("--intended_class", type=int | None, default=None, help="Gradient Matching: the class the target should take (default: drawn)")
-    group.add_argument("--surrogate_epochs", type=int, default=30, help="epochs of the attacker's surrogate classifier")
-    group.add_argument("--surrogate_arch", type=Literal["auto", "small_cnn", "resnet18", "resnet34", "mobilenet_v2", "densenet121"],
-                       default="auto", help="auto: SmallCNN up to 16x16 images, ResNet-18 above")
-    group.add_argument("--hflip", action=ActionYesNo, default=False, help="augment with horizontal flips as the victim does (pass it for CIFAR; digits are not mirror-symmetric)")
-    group.add_argument("--accelerator", type=str, default="auto", help="device of the surrogate and the optimisation (cpu, gpu, auto)")
+    group = parser.add_argument_group("Run")
+    group.add_argument("--accelerator", type=str, default="auto", help="device of a surrogate and of the optimisation (cpu, gpu, auto)")
     group.add_argument("--progress", type=bool, default=True, help="progress bars (--progress false for logs)")
     group.add_argument("--threads", type=int | None, default=None,
                        help="CPU threads of the computation (default: chosen from the cores free when the run starts)")
+    if attack is not None:
+        import inspect
+
+        import docstring_parser
+
+        from pureebm_lightning.poisoning.attacks import ATTACKS, RUN_PARAMETERS
+
+        if attack not in attacks:
+            return parser  # jsonargparse refuses the --attack value with the list of attacks
+        function = ATTACKS[attack]
+        switches = {n: q for n, q in inspect.signature(function).parameters.items()
+                    if q.annotation in (bool, "bool") and n not in RUN_PARAMETERS}
+        parser.add_function_arguments(function, skip={*RUN_PARAMETERS, *switches}, as_group=True)
+        helps = {q.arg_name: q.description for q in docstring_parser.parse(function.__doc__ or "").params}
+        for name, parameter in switches.items():  # --hflip / --no_hflip, as a flag without a value
+            parser.add_argument(f"--{name}", action=ActionYesNo, default=parameter.default, help=helps.get(name))
+        return parser
     group = parser.add_argument_group("Import")
+    group.add_argument("--target_class", type=int | None, default=None,
+                       help="narcissus_trigger: the class the trigger leads to (default 0); backdoorbench: read from info.pickle's "
+                       "attack_target (this may only repeat it)")
+    group.add_argument("--budget", type=float | None, default=None, help="narcissus_trigger: share of the training set poisoned (default 0.01)")
+    group.add_argument("--magnification", type=float, default=1.0,
+                       help="narcissus_trigger: test-time multiplier recorded in poison.json (PureGen: 1, Narcissus' paper: 3)")
     group.add_argument("--targets", type=str | None, default=None, help="Witches' Brew NumPy pair: the targets/ folder of its export")
     group.add_argument("--poison_indicator", type=str | None, default=None,
                        help="BackdoorBench: a 0/1 indicator (.npy or torch file) to use instead of attack_result.pt's bd_train.poison_indicator")

@@ -17,9 +17,10 @@ import torch
 from torch import Tensor
 
 from pureebm_lightning import __version__
+from pureebm_lightning.errors import PoisonedDataError
+from pureebm_lightning.images import chw_to_pil
 from pureebm_lightning.poison_spec import POISON_SPEC
-from pureebm_lightning.poisoning.clean_data import Split
-from pureebm_lightning.purification.sources import PoisonedDataError, chw_to_pil
+from pureebm_lightning.splits import Split
 
 TRIGGER_FILE = "trigger.npy"
 

@@ -1,13 +1,13 @@
-"""Purification: poisoned inputs on disk, the purifier, purified outputs with their manifest."""
+"""Purification into a folder: the purified store with its manifest, its lock, and the run that fills it."""
 
 from pureebm_lightning.lazy_exports import lazy_exports
 
 _EXPORTS = {
     "PurifiedStore": "pureebm_lightning.purification.purified_store",
-    "Purifier": "pureebm_lightning.purification.purifier",
+    "PurificationRun": "pureebm_lightning.purification.run",
     "PoisonedDataError": "pureebm_lightning.errors",
-    "PoisonedSource": "pureebm_lightning.purification.sources",
-    "open_source": "pureebm_lightning.purification.sources",
+    "PoisonedSource": "pureebm_lightning.sources",
+    "open_source": "pureebm_lightning.sources",
 }
 __all__ = sorted(_EXPORTS)
 __getattr__ = lazy_exports(__name__, _EXPORTS, globals())

@@ -5,60 +5,82 @@ from __future__ import annotations
 from pathlib import Path
 
 from pureebm_lightning.errors import UsageError
-from pureebm_lightning.purification.options import build_parser
+from pureebm_lightning.purification.options import build_parser, defense_named
 
 
 def check_arguments(cfg) -> None:
     """Every check that needs no file: before anything is loaded."""
-    if (cfg.ckpt_path is None) == (cfg.jpeg_quality is None):
+    from pureebm_lightning.purification.options import TOP_LEVEL
+
+    defense = cfg.defense or ("pureebm" if cfg.ckpt_path is not None else "jpeg" if cfg.jpeg_quality is not None else None)
+    if defense is None:
+        raise UsageError("give either --ckpt_path (PureEBM) or --jpeg_quality (the JPEG baseline), or --defense NAME")
+    if defense not in TOP_LEVEL and defense not in cfg:
+        raise UsageError(f"--defense {defense}: unknown; see `pureebm purify --help` for the defenses")
+    if defense == "pureebm" and (cfg.ckpt_path is None or cfg.jpeg_quality is not None):
         raise UsageError("give either --ckpt_path (PureEBM) or --jpeg_quality (the JPEG baseline)")
+    if defense == "jpeg" and (cfg.jpeg_quality is None or cfg.ckpt_path is not None):
+        raise UsageError("give either --ckpt_path (PureEBM) or --jpeg_quality (the JPEG baseline)")
+    if defense not in TOP_LEVEL and (cfg.ckpt_path is not None or cfg.jpeg_quality is not None):
+        raise UsageError(f"--defense {defense} takes its options as --{defense}.<option>, not --ckpt_path or --jpeg_quality")
+    cfg.defense = defense
     for name, low in (("steps", 0), ("batch_size", 1), ("diagnostic_points", 1)):
         if getattr(cfg, name) < low:
             raise UsageError(f"--{name} must be at least {low}, got {getattr(cfg, name)}")
     if cfg.num_workers is not None and cfg.num_workers < 0:
         raise UsageError(f"--num_workers must be at least 0, got {cfg.num_workers}")
-    if cfg.jpeg_quality is not None and (cfg.tf32 or cfg.channels_last or cfg.compile):
-        raise UsageError("--tf32, --channels_last and --compile speed up an EBM: they do not apply to --jpeg_quality")
-    if cfg.jpeg_quality is not None and cfg.diagnostics:
-        raise UsageError("--diagnostics follows an EBM's Langevin chain: it needs --ckpt_path, not --jpeg_quality")
+    if defense != "pureebm" and (cfg.tf32 or cfg.channels_last or cfg.compile):
+        raise UsageError("--tf32, --channels_last and --compile speed up an EBM: they need --ckpt_path")
+    if defense != "pureebm" and cfg.diagnostics:
+        raise UsageError("--diagnostics follows an EBM's Langevin chain: it needs --ckpt_path")
     if cfg.jpeg_quality is not None and not 1 <= cfg.jpeg_quality <= 95:
         raise UsageError(f"--jpeg_quality must be in 1..95, got {cfg.jpeg_quality}")
 
 
+def make_defense(cfg):
+    """The defense ``cfg`` asks for (after :func:`check_arguments`)."""
+    from pureebm_lightning.defenses import DEFENSES
+
+    if cfg.defense == "pureebm":
+        return DEFENSES["pureebm"].from_checkpoint(cfg.ckpt_path, steps=cfg.steps, seed=cfg.seed)
+    if cfg.defense == "jpeg":
+        return DEFENSES["jpeg"](cfg.jpeg_quality)
+    return DEFENSES[cfg.defense](**cfg[cfg.defense].as_dict())
+
+
 def purify(argv: list[str]) -> None:
     """Run ``pureebm purify`` with ``argv`` (the arguments after ``purify``)."""
-    cfg = build_parser().parse_args(argv)
+    cfg = build_parser(defense_named(argv)).parse_args(argv)
     check_arguments(cfg)
 
     from lightning.pytorch import Trainer
     from lightning.pytorch.accelerators import CPUAccelerator
     from lightning.pytorch.utilities import rank_zero_info
 
-    from pureebm_lightning.callbacks.purification import ImagesPerSecondBar, PurifiedWriter
+    from pureebm_lightning.callbacks.images_per_second import ImagesPerSecondBar
     from pureebm_lightning.callbacks.speed_options import SpeedOptions
-    from pureebm_lightning.purification.diagnostics import diagnostic_points, write_diagnostics
-    from pureebm_lightning.purification.jpeg_purifier import JPEGPurifier
+    from pureebm_lightning.purification.diagnostics import (
+        diagnostic_points,
+        write_diagnostics,
+    )
     from pureebm_lightning.purification.output_lock import OutputLock
     from pureebm_lightning.purification.purified_store import PurifiedStore
-    from pureebm_lightning.purification.purifier import Purifier
     from pureebm_lightning.purification.purify_module import PurifyModule
-    from pureebm_lightning.purification.sources import open_source
+    from pureebm_lightning.purification.run import PurificationRun
     from pureebm_lightning.runtime import configure_threads
+    from pureebm_lightning.sources import open_source
 
     configure_threads(cfg.threads)
     source = open_source(cfg.data)
-    suffix = "_purified" if cfg.ckpt_path else f"_jpeg{cfg.jpeg_quality}"
+    suffix = {"pureebm": "_purified", "jpeg": f"_jpeg{cfg.jpeg_quality}"}.get(cfg.defense, f"_{cfg.defense}")
     out = Path(cfg.out) if cfg.out else source.root.resolve().with_name(source.root.resolve().name + suffix)
     OutputLock(out).refuse_if_held()  # another run writing there: say so now, not after loading the EBM
-    if cfg.jpeg_quality is not None:
-        purifier = JPEGPurifier(cfg.jpeg_quality)
-    else:
-        purifier = Purifier.from_checkpoint(cfg.ckpt_path, steps=cfg.steps, seed=cfg.seed)
+    purifier = make_defense(cfg)
     purifier.check_input(source.shape, source.root)
     aliases = {"None": "32-true", "32": "32-true", "16": "16-mixed", "bf16": "bf16-mixed", "64": "64-true"}
     precision = aliases.get(str(cfg.trainer.precision), str(cfg.trainer.precision))
     numerics = {"precision": precision, "tf32": cfg.tf32}  # a resumed run must compute as the first did
-    store = PurifiedStore(source, out, {**purifier.settings(), "batch_size": cfg.batch_size, **numerics})
+    store = PurifiedStore(source, out, {**purifier.settings(), "batch_size": cfg.batch_size, **numerics}, purifier.record())
     store.check(cfg.overwrite)  # read-only, on every rank before anything starts: all refuse together
     manifest = store.read_manifest()
     if not cfg.overwrite and manifest and manifest.get("complete"):
@@ -67,14 +89,14 @@ def purify(argv: list[str]) -> None:
 
     trainer_options = {k: v for k, v in cfg.trainer.as_dict().items() if v is not None}
     show_progress = trainer_options.get("enable_progress_bar") is not False
-    speed = SpeedOptions(cfg.tf32, cfg.channels_last, cfg.compile) if cfg.ckpt_path else None  # TF32 off unless --tf32
+    speed = SpeedOptions(cfg.tf32, cfg.channels_last, cfg.compile) if cfg.defense == "pureebm" else None  # TF32 off unless --tf32
     trainer = Trainer(**trainer_options, inference_mode=False, use_distributed_sampler=False, logger=False,
                       enable_checkpointing=False,
-                      callbacks=[PurifiedWriter(store), *([ImagesPerSecondBar()] if show_progress else []), *([speed] if speed else [])])
+                      callbacks=[*([ImagesPerSecondBar()] if show_progress else []), *([speed] if speed else [])])
     points = diagnostic_points(cfg.steps, cfg.diagnostic_points) if cfg.diagnostics else None
     on_cpu = isinstance(trainer.accelerator, CPUAccelerator)  # workers there take cores from the computation
     workers = cfg.num_workers if cfg.num_workers is not None else (0 if on_cpu else 2)
-    module = PurifyModule(purifier, store, cfg.batch_size, cfg.overwrite, workers, points)
+    module = PurifyModule(PurificationRun(purifier, store, cfg.batch_size, workers, points), cfg.overwrite)
     try:
         trainer.predict(module, return_predictions=False)
     finally:

@@ -16,14 +16,37 @@ TRAINER_OPTIONS = {
 }
 
 
-def build_parser() -> ArgumentParser:
+DEFENSES_PACKAGE = "pureebm_lightning.defenses"
+#: defenses with options of their own at the top level (the others take theirs as --<defense>.<option>)
+TOP_LEVEL = {"pureebm": "--ckpt_path, --steps, --seed", "jpeg": "--jpeg_quality"}
+
+
+def defense_named(argv: list[str]) -> str | None:
+    """The defense ``argv`` names with ``--defense`` (None: PureEBM or JPEG, from --ckpt_path or --jpeg_quality)."""
+    for i, arg in enumerate(argv):
+        if arg == "--defense" and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith("--defense="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def build_parser(defense: str | None = None) -> ArgumentParser:
+    """The options of ``pureebm purify``; with ``defense`` (not pureebm or jpeg), its options as ``--<defense>.<option>``,
+    from its class's signature (which imports it)."""
+    from pureebm_lightning.registry import Registry
+
+    defenses = Registry("defense", (DEFENSES_PACKAGE,), by_module=True).names()  # listed without importing them
     parser = ArgumentParser(
         prog="pureebm purify",
         description="Purify a poisoned training set: every training image becomes T Langevin steps of a trained EBM "
         "started at it (clamped to [-1, 1], stored as 8 bits), written with the same layout and file names. "
         "Other splits (test/, targets/, poison.json) are copied unchanged. An interrupted run finishes with the same "
-        "command; one run at a time writes an output folder.",
+        "command; one run at a time writes an output folder. Other defenses: --defense NAME (" + ", ".join(defenses) +
+        "; `pureebm purify --defense NAME --help` for its options).",
     )
+    parser.add_argument("--defense", type=str | None, default=None,
+                        help="the defense (default: pureebm with --ckpt_path, jpeg with --jpeg_quality); one of " + ", ".join(defenses))
     parser.add_argument("--config", action=ActionConfigFile, help="YAML with any of the options below")
     parser.add_argument("--data", type=str, required=True,
                         help="poisoned folder: <class>/<file>, train/<class>/<file> (other splits copied), or poisoned_training_{data,labels}.npy")
@@ -52,4 +75,8 @@ def build_parser() -> ArgumentParser:
     group = parser.add_argument_group("Devices (Lightning Trainer options that purification honours)")
     for name, (kind, default, text) in TRAINER_OPTIONS.items():
         group.add_argument(f"--trainer.{name}", type=kind, default=default, help=text)
+    if defense is not None and defense not in TOP_LEVEL and defense in defenses:
+        from pureebm_lightning.defenses import DEFENSES
+
+        parser.add_class_arguments(DEFENSES[defense], nested_key=defense)
     return parser

@@ -14,20 +14,18 @@ import torch
 from PIL import Image
 
 from pureebm_lightning import __version__
+from pureebm_lightning.defense import run_key
 from pureebm_lightning.errors import PurificationConflict
+from pureebm_lightning.images import hwc_to_chw, hwc_to_pil, read_image, to_uint8_pixels
 from pureebm_lightning.purification.output_lock import LOCK_FILE, OutputLock
-from pureebm_lightning.purification.sources import (NUMPY_DATA, NUMPY_LABELS, PoisonedSource, blocks, hwc_to_chw, hwc_to_pil,
-                                                    read_image, to_uint8_pixels)
+from pureebm_lightning.sources import NUMPY_DATA, NUMPY_LABELS, PoisonedSource, blocks
 
 if TYPE_CHECKING:
     from lightning.pytorch.strategies import Strategy
 
 MANIFEST = "manifest.json"
-#: settings that make two purifications of the same source the same run
-RUN_KEYS = ("source", "defense", "jpeg_quality", "checkpoint_sha256", "steps", "step_size", "temperature", "seed", "batch_size",
-            "precision", "tf32")
-#: the value of a run key that a manifest or a run does not state (float32 numerics)
-RUN_KEY_DEFAULTS = {"precision": "32-true", "tf32": False}
+#: the folder inside an output where a defense keeps what it learned (Defense.fit), until the output is complete
+STATE_DIR = ".defense_state"
 _PIL_FORMATS = Image.registered_extensions()
 #: JPEG cannot be lossless: quality 100 without chroma subsampling keeps it closest (see README)
 _LOSSLESS_AS_POSSIBLE = {"JPEG": {"quality": 100, "subsampling": 0}, "WEBP": {"lossless": True}}
@@ -38,13 +36,18 @@ class PurifiedStore:
 
     An ImageFolder source is mirrored file by file (other splits copied unchanged when finished); a NumPy
     source is written in chunks under ``out/.chunks`` and assembled into the same NumPy pair at the end.
-    What is already in ``out`` from the same run (same checkpoint hash, T, eps, tau, seed) counts as done.
-    ``lock`` (:class:`OutputLock` on ``out``) is taken by the process that prepares the folder, for the whole run.
+    ``identity`` is what the output depends on (a defense's ``settings()``, the block size, the numerics); the
+    source folder is added to it. What is already in ``out`` from the same identity counts as done. ``record``
+    adds facts to the manifest that do not change the output. ``lock`` (:class:`OutputLock` on ``out``) is taken
+    by the process that prepares the folder, for the whole run.
     """
 
-    def __init__(self, source: PoisonedSource, out: str | Path, settings: dict[str, Any]) -> None:
+    def __init__(self, source: PoisonedSource, out: str | Path, identity: dict[str, Any],
+                 record: dict[str, Any] | None = None) -> None:
         self.source, self.out = source, Path(out)
-        self.settings = {"source": str(source.root.resolve()), **settings}
+        self.identity = {"source": str(source.root.resolve()), **identity}
+        self.record = dict(record or {})
+        self.state_dir = self.out / STATE_DIR
         self.chunks = self.out / ".chunks"
         self._purified: np.ndarray | None = None  # the assembled NumPy output, opened by load()
         self.lock = OutputLock(self.out)
@@ -56,7 +59,7 @@ class PurifiedStore:
 
     def check(self, overwrite: bool) -> None:
         """Refuse an output folder that holds unknown files, or (unless ``overwrite``) another run's output."""
-        source = Path(self.settings["source"])
+        source = Path(self.identity["source"])
         out = self.out.resolve()
         if out == source or source in out.parents:
             raise PurificationConflict(f"{self.out} is inside the poisoned folder {source}: choose an --out outside it")
@@ -69,16 +72,16 @@ class PurifiedStore:
             return
         if overwrite:
             return
-        there = {k: manifest.get(k, RUN_KEY_DEFAULTS.get(k)) for k in RUN_KEYS}
-        now = {k: self.settings.get(k, RUN_KEY_DEFAULTS.get(k)) for k in RUN_KEYS}
-        different = {k: (there[k], now[k]) for k in RUN_KEYS if there[k] != now[k]}
+        keys = sorted(set(self.identity) | set(manifest.get("identity", [])))
+        different = {k: (manifest.get(k), self.identity.get(k)) for k in keys if manifest.get(k) != self.identity.get(k)}
         if different:
             listed = ", ".join(f"{k}: {a!r} there, {b!r} now" for k, (a, b) in different.items())
             raise PurificationConflict(f"{self.out} holds the output of another purification ({listed}); pass --overwrite to replace it")
 
     def write_manifest(self, complete: bool, done: int) -> None:
         manifest = {
-            **self.settings, "format": self.source.kind, "split": self.source.split, "count": len(self.source),
+            **self.identity, **self.record, "identity": sorted(self.identity), "run_key": run_key(self.identity),
+            "format": self.source.kind, "split": self.source.split, "count": len(self.source),
             "purified": done, "complete": complete, "copied": self.source.other_entries, "package_version": __version__,
         }
         self.out.mkdir(parents=True, exist_ok=True)
@@ -173,6 +176,7 @@ class PurifiedStore:
                 _atomic_copy(src, dst)
         self.write_manifest(complete=True, done=len(self.source))
         shutil.rmtree(self.chunks, ignore_errors=True)  # after the manifest: a kill here loses nothing
+        shutil.rmtree(self.state_dir, ignore_errors=True)
 
     def finish_on_rank_zero(self, strategy: Strategy | None) -> None:
         """Once every rank has written its blocks, global rank 0 runs :meth:`finish`; a failure there is raised

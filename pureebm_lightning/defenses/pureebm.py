@@ -1,4 +1,4 @@
-"""Psi_T: T Langevin steps of a trained EBM from each image, clamped to [-1, 1] and quantised to 8 bits."""
+"""PureEBM's Psi_T: T Langevin steps of a trained EBM from each image, clamped to [-1, 1] and quantised to 8 bits."""
 
 from __future__ import annotations
 
@@ -10,9 +10,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from pureebm_lightning.langevin import LangevinSampler
 from pureebm_lightning.checkpoints import read_ebm_checkpoint
+from pureebm_lightning.defense import Defense
+from pureebm_lightning.defenses import register_defense
 from pureebm_lightning.errors import CheckpointError, PoisonedDataError
+from pureebm_lightning.images import to_signed_unit, to_uint8
+from pureebm_lightning.langevin import LangevinSampler
 
 
 def file_sha256(path: str | Path) -> str:
@@ -23,18 +26,14 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
-def to_signed_unit(images: Tensor) -> Tensor:
-    """uint8 images to float in [-1, 1] (ToTensor, then Normalize(0.5, 0.5))."""
-    return images.float().div_(127.5).sub_(1.0)
+@register_defense()
+class Purifier(Defense):
+    """PureEBM: purifies batches of images with an energy network and the training sampler's eps and tau.
 
+    In Python::
 
-def to_uint8(x: Tensor) -> Tensor:
-    """[-1, 1] images to uint8, clamping first (what saving the release's PIL images does)."""
-    return x.clamp(-1.0, 1.0).add_(1.0).mul_(127.5).round_().to(torch.uint8)
-
-
-class Purifier:
-    """Purifies batches of uint8 images with an energy network and the training sampler's eps and tau.
+        purifier = Purifier.from_checkpoint("runs/ebm_digits/checkpoints/last.ckpt", steps=150)
+        purified = purifier(images)  # uint8 (B, C, H, W), or floats in [-1, 1]; on any device
 
     Noise comes from a generator seeded by ``seed``, the epoch and the block's first source index, so a
     block purifies identically on any device, device count or rerun. No initial noise; one sample per image.
@@ -67,16 +66,25 @@ class Purifier:
         shape = tuple(bank.shape[2:]) if bank is not None else None
         return cls(module.energy_net, module.sampler, steps, seed, str(path.resolve()), file_sha256(path), shape)
 
+    name = "pureebm"
+
     def describe(self) -> str:
         return f"T = {self.steps}, eps = {self.sampler.step_size}, tau = {self.sampler.temperature}"
 
     def settings(self) -> dict[str, Any]:
-        """What identifies this purification (the manifest's run keys)."""
+        """The EBM (by its file's hash), T, eps, tau and the noise seed; clamped to [-1, 1], quantised to 8 bits."""
         return {
-            "defense": "pureebm", "checkpoint": self.checkpoint, "checkpoint_sha256": self.checkpoint_sha256, "steps": self.steps,
+            "defense": self.name, "checkpoint_sha256": self.checkpoint_sha256, "steps": self.steps,
             "step_size": self.sampler.step_size, "temperature": self.sampler.temperature, "seed": self.seed,
             "clamp": [-1.0, 1.0], "quantised_bits": 8,
         }
+
+    def record(self) -> dict[str, Any]:
+        return {"checkpoint": self.checkpoint}
+
+    def to(self, device: torch.device | str) -> "Purifier":
+        self.energy_net.to(device)
+        return self
 
     def check_input(self, shape: tuple[int, int, int], where: str | Path) -> None:
         """Fail before any work if the energy net cannot take (C, H, W) images, or was trained on another shape."""
@@ -101,11 +109,17 @@ class Purifier:
         seed = int(np.random.SeedSequence([self.seed, epoch, first_index]).generate_state(1, np.uint64)[0])
         return torch.Generator(device=device).manual_seed(seed)
 
-    def __call__(self, images: Tensor, first_index: int, epoch: int = 0) -> Tensor:
-        """Purified uint8 copies of uint8 ``images`` (B, C, H, W), on their device."""
-        x = to_signed_unit(images)
+    def __call__(self, images: Tensor, first_index: int = 0, epoch: int = 0) -> Tensor:
+        """Purified copies of ``images`` (B, C, H, W) on their device (the energy net follows them there): uint8 in,
+        uint8 out; floats in [-1, 1] in, floats in [-1, 1] (on the 8-bit grid) out. Anything else is refused, never
+        rescaled. ``first_index`` (the batch's place in its data set) and ``epoch`` seed the noise."""
+        x = start_images(images)
+        param = next(self.energy_net.parameters(), None)
+        if param is not None and param.device != x.device:
+            self.energy_net.to(x.device)
         gen = self.generator(x.device, first_index, epoch)
-        return to_uint8(self.sampler.sample(self.energy_net, x, self.steps, generator=gen).samples)
+        out = to_uint8(self.sampler.sample(self.energy_net, x, self.steps, generator=gen).samples)
+        return out if images.dtype == torch.uint8 else to_signed_unit(out).to(images.dtype)
 
     def walk(self, images: Tensor, first_index: int, points: list[int]):
         """The chain of :meth:`__call__` on uint8 ``images``, yielding ``(step, x)`` (x in [-1, 1], unclamped) at each
@@ -130,3 +144,18 @@ class Purifier:
                     energy[k] = self.energy_net(x).sum()
                 dist[k] = (x - x0).flatten(1).norm(dim=1).sum()
         return to_uint8(x), energy, dist
+
+
+def start_images(images: Tensor) -> Tensor:
+    """uint8 images, or floats in [-1, 1], as float images in [-1, 1]; a clear error for anything else."""
+    if not isinstance(images, Tensor) or images.dim() != 4:
+        raise PoisonedDataError(f"expected a (B, C, H, W) tensor of images, got {getattr(images, 'shape', type(images).__name__)}")
+    if images.dtype == torch.uint8:
+        return to_signed_unit(images)
+    if not images.is_floating_point():
+        raise PoisonedDataError(f"images of type {images.dtype}: give uint8 pixels (0..255) or floats in [-1, 1]")
+    low, high = (float(v) for v in torch.aminmax(images)) if images.numel() else (0.0, 0.0)
+    if not (-1.0 <= low and high <= 1.0):  # also catches NaN
+        raise PoisonedDataError(f"float images must lie in [-1, 1] (the EBM's space), these span [{low:g}, {high:g}]: "
+                                "scale them (x * 2 - 1 for [0, 1]) or pass uint8 pixels")
+    return images.float()

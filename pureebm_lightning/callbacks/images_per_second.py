@@ -1,4 +1,4 @@
-"""Callbacks of the purify command: write each purified batch as it comes, and show images per second."""
+"""The progress bar of the purify command, with images per second."""
 
 from __future__ import annotations
 
@@ -6,25 +6,7 @@ import time
 from typing import Any
 
 from lightning.pytorch import LightningModule, Trainer
-from lightning.pytorch.callbacks import BasePredictionWriter, TQDMProgressBar
-
-from pureebm_lightning.purification.purified_store import PurifiedStore
-
-
-class PurifiedWriter(BasePredictionWriter):
-    """Hands every purified batch to a :class:`PurifiedStore` (each rank writes its own files); when all ranks
-    are done, global rank 0 finishes the store (NumPy assembly, copied splits, complete manifest)."""
-
-    def __init__(self, store: PurifiedStore) -> None:
-        super().__init__(write_interval="batch")
-        self.store = store
-
-    def write_on_batch_end(self, trainer: Trainer, pl_module: LightningModule, prediction: Any, batch_indices: Any,
-                           batch: Any, batch_idx: int, dataloader_idx: int) -> None:
-        self.store.write(prediction["indices"], prediction["images"], rank=trainer.global_rank)
-
-    def on_predict_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self.store.finish_on_rank_zero(trainer.strategy)
+from lightning.pytorch.callbacks import TQDMProgressBar
 
 
 class ImagesPerSecondBar(TQDMProgressBar):

@@ -14,42 +14,17 @@ from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from pureebm_lightning.errors import PoisonedDataError
+from pureebm_lightning.images import (
+    COLOUR_MODES,
+    GREY_MODES,
+    check_pixel_array,
+    hwc_to_chw,
+    read_image,
+    to_uint8_pixels,
+)
 
 NUMPY_DATA = "poisoned_training_data.npy"
-#: PIL modes read as grey (1 channel) or colour (3 channels); others (16-bit, alpha, CMYK) are refused
-GREY_MODES, COLOUR_MODES = ("L", "1"), ("RGB", "P")
 NUMPY_LABELS = "poisoned_training_labels.npy"
-
-
-def hwc_to_chw(arr: np.ndarray) -> torch.Tensor:
-    """An (H, W) or (H, W, C) uint8 array as a (C, H, W) tensor."""
-    arr = arr[:, :, None] if arr.ndim == 2 else arr
-    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
-
-
-def hwc_to_pil(arr: np.ndarray) -> Image.Image:
-    """An (H, W, 1) or (H, W, 3) uint8 array as a grey ("L") or RGB PIL image."""
-    return Image.fromarray(arr[:, :, 0], "L") if arr.shape[2] == 1 else Image.fromarray(arr, "RGB")
-
-
-def chw_to_pil(image: torch.Tensor) -> Image.Image:
-    """A (C, H, W) uint8 tensor as a grey or RGB PIL image."""
-    return hwc_to_pil(image.permute(1, 2, 0).cpu().numpy())
-
-
-def read_pil(path: str | Path, mode: str = "RGB") -> Image.Image:
-    """The image file at ``path`` as a PIL image in ``mode`` (RGB by default: torchvision's ImageFolder loader),
-    with an error naming the file when it cannot be read (a truncated or corrupt file)."""
-    try:
-        with Image.open(path) as img:
-            return img.convert(mode)
-    except (OSError, UnidentifiedImageError) as err:
-        raise PoisonedDataError(f"{path}: cannot read this image ({err})") from err
-
-
-def read_image(path: Path, mode: str) -> torch.Tensor:
-    """The image file at ``path`` in PIL ``mode`` ("L" or "RGB") as a (C, H, W) uint8 tensor."""
-    return hwc_to_chw(np.array(read_pil(path, mode)))
 
 
 @dataclass
@@ -190,28 +165,6 @@ def _open_numpy(root: Path) -> PoisonedSource:
         root=root, kind="numpy", keys=[str(i) for i in range(len(data))], labels=[int(v) for v in labels],
         shape=(channels, data.shape[1], data.shape[2]), other_entries=others, _array=data,
     )
-
-
-def check_pixel_array(data: np.ndarray, where: Path, chunk: int = 1024) -> None:
-    """8-bit pixels: uint8, or a float array (Witches' Brew's NumPy export is float64) of whole numbers in 0..255."""
-    if data.dtype == np.uint8:
-        return
-    if data.dtype.kind != "f":
-        raise PoisonedDataError(f"{where}: pixels of type {data.dtype}; expected uint8, or floats that are whole numbers in 0..255")
-    for start in range(0, len(data), chunk):  # a memory map: checked in pieces
-        part = np.asarray(data[start : start + chunk])
-        if not np.isfinite(part).all() or part.min() < 0 or part.max() > 255:
-            raise PoisonedDataError(f"{where}: float pixels outside 0..255 (from {part.min():g} to {part.max():g} in rows "
-                                    f"{start}..{start + len(part) - 1}); expected 8-bit values: images in [0, 1] or [-1, 1] "
-                                    "must be scaled to 0..255 first")
-        if not np.array_equal(part, np.round(part)):
-            raise PoisonedDataError(f"{where}: float pixels that are not whole numbers (rows {start}..{start + len(part) - 1}); "
-                                    "expected 8-bit values 0..255 stored as floats")
-
-
-def to_uint8_pixels(arr: np.ndarray) -> np.ndarray:
-    """An array that :func:`check_pixel_array` accepted, as uint8."""
-    return arr if arr.dtype == np.uint8 else np.asarray(arr).astype(np.uint8)
 
 
 def _open_image_folder(root: Path, split: str, others: list[str]) -> PoisonedSource:

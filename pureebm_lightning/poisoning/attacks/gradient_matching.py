@@ -15,17 +15,25 @@ of which the lowest final objective is kept. All poisons form one batch (Witches
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import Tensor
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from pureebm_lightning.poisoning.budget import choose_rows, poison_count
-from pureebm_lightning.poisoning.clean_data import CleanData, Split, signed
-from pureebm_lightning.poisoning.narcissus import add_steps, dequantise, quantise
+from pureebm_lightning.errors import PoisonedDataError
+from pureebm_lightning.images import add_steps, dequantise, quantise, to_signed_unit
+from pureebm_lightning.poisoning.attacks import register_attack
+from pureebm_lightning.poisoning.budget import (
+    check_optimisation,
+    choose_rows,
+    poison_count,
+)
+from pureebm_lightning.poisoning.clean_data import CleanData
 from pureebm_lightning.poisoning.poisoned_folder import Poisoning, Target
-from pureebm_lightning.poisoning.surrogate import crop_padding, random_shift, train_surrogate
-from pureebm_lightning.purification.sources import PoisonedDataError
+from pureebm_lightning.splits import Split
+from pureebm_lightning.surrogate import crop_padding, random_shift, train_surrogate
 
 
 def pick_target(clean: CleanData, generator: torch.Generator, target_id: int | None,
@@ -117,22 +125,42 @@ def craft(objective: GradientMatching, x: Tensor, y: Tensor, epsilon: int, steps
     return best, histories, finals
 
 
+@register_attack()
 def gradient_matching(clean: CleanData, budget: float = 0.01, epsilon: int = 8, steps: int = 240, restarts: int = 8,
                       step_size: float = 6.0, surrogate_epochs: int = 30, seed: int = 0, target_id: int | None = None,
-                      intended_class: int | None = None, arch: str = "auto", accelerator: str = "auto",
-                      hflip: bool = False, progress: bool = True) -> Poisoning:
-    """The attack: surrogate trained on the clean training set (the attacker knows the data, not the victim's
+                      intended_class: int | None = None, surrogate_arch: Literal["auto", "small_cnn", "resnet18", "resnet34", "mobilenet_v2", "densenet121"] = "auto",
+                      accelerator: str = "auto", hflip: bool = False, progress: bool = True) -> Poisoning:
+    """Gradient Matching (Witches' Brew), clean-label targeted poisoning.
+
+    The attack: surrogate trained on the clean training set (the attacker knows the data, not the victim's
     initialisation), target and intended class drawn from ``seed`` unless given, poisons ``budget`` x N
-    random images of the intended class; the target leaves the test split for ``targets/``."""
-    if steps < 1 or restarts < 1:
-        raise PoisonedDataError(f"--steps and --restarts must be at least 1, got {steps} and {restarts}")
+    random images of the intended class; the target leaves the test split for ``targets/``.
+
+    Args:
+        budget: share of the training set poisoned (paper: 0.01).
+        epsilon: l_inf bound of the poisons, in 1/255 (paper: 8, also 16).
+        steps: signed-Adam steps of each restart.
+        restarts: random restarts (the best is kept).
+        step_size: first signed-Adam step, in 1/255.
+        target_id: test id of the target (default: drawn).
+        intended_class: the class the target should take (default: drawn).
+        surrogate_epochs: epochs of the attacker's surrogate classifier.
+        surrogate_arch: the surrogate's network (auto: SmallCNN up to 16x16 images, ResNet-18 above).
+        hflip: augment with horizontal flips as the victim does (pass it for CIFAR; digits are not mirror-symmetric).
+        seed: seed of every random choice.
+        accelerator: device of the surrogate and the optimisation (cpu, gpu, auto).
+        progress: show progress bars.
+    """
+    check_optimisation(epsilon, steps, surrogate_epochs)
+    if restarts < 1:
+        raise PoisonedDataError(f"--restarts must be at least 1, got {restarts}")
     generator = torch.Generator().manual_seed(seed)
     row, intended_class = pick_target(clean, generator, target_id, intended_class)
     train = clean.train
     rows = choose_rows(train.labels, poison_count(budget, len(train)), generator, of_class=intended_class)
-    model = train_surrogate(train, len(clean.classes), surrogate_epochs, seed, arch, accelerator, hflip, progress)
-    objective = GradientMatching(model, signed(clean.test.images[row]), intended_class)
-    x, y = signed(train.images[rows]), train.labels[rows]
+    model = train_surrogate(train, len(clean.classes), surrogate_epochs, seed, surrogate_arch, accelerator, hflip, progress)
+    objective = GradientMatching(model, to_signed_unit(clean.test.images[row]), intended_class)
+    x, y = to_signed_unit(train.images[rows]), train.labels[rows]
     steps_255, histories, finals = craft(objective, x, y, epsilon, steps, restarts, step_size, hflip=hflip,
                                          seed=seed, progress=progress)
     start = objective(x.to(objective.params[0].device), y.to(objective.params[0].device), create_graph=False).item()

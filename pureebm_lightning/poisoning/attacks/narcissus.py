@@ -11,35 +11,25 @@ images of other classes. The published loop runs 1,000 passes over all target-cl
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import Tensor
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from pureebm_lightning.poisoning.budget import choose_rows, poison_count
-from pureebm_lightning.poisoning.clean_data import CleanData, Split, signed
+from pureebm_lightning.errors import PoisonedDataError
+from pureebm_lightning.images import add_steps, dequantise, quantise, to_signed_unit
+from pureebm_lightning.poisoning.attacks import register_attack
+from pureebm_lightning.poisoning.budget import (
+    check_optimisation,
+    choose_rows,
+    poison_count,
+)
+from pureebm_lightning.poisoning.clean_data import CleanData
 from pureebm_lightning.poisoning.poisoned_folder import Poisoning
-from pureebm_lightning.poisoning.surrogate import crop_padding, fit, random_shift, train_surrogate
-from pureebm_lightning.purification.sources import PoisonedDataError
-
-
-def quantise(trigger: Tensor, epsilon: int | None = None) -> Tensor:
-    """A trigger in the [-1, 1] image space as whole 1/255 pixel steps (int16), clipped to ``epsilon``: added
-    to 8-bit images it stays on their grid, so storing the poisoned set neither erases nor doubles it."""
-    steps = (trigger.float() * 127.5).round()
-    if epsilon is not None:
-        steps = steps.clamp(-epsilon, epsilon)
-    return steps.to(torch.int16)
-
-
-def dequantise(steps: Tensor) -> Tensor:
-    """Whole 1/255 pixel steps back in the [-1, 1] image space."""
-    return steps.float() / 127.5
-
-
-def add_steps(images: Tensor, steps: Tensor) -> Tensor:
-    """uint8 ``images`` plus int pixel ``steps``, clipped to 0..255."""
-    return (images.int() + steps.int()).clamp(0, 255).to(torch.uint8)
+from pureebm_lightning.splits import Split
+from pureebm_lightning.surrogate import crop_padding, fit, random_shift, train_surrogate
 
 
 @torch.enable_grad()
@@ -93,27 +83,49 @@ def add_trigger(clean: CleanData, target_class: int, budget: float, trigger_step
     return Split(images, train.labels.clone(), train.ids), train.ids[rows].tolist()
 
 
-def narcissus(clean: CleanData, target_class: int, budget: float = 0.01, epsilon: int = 8, steps: int = 500,
+@register_attack()
+def narcissus(clean: CleanData, target_class: int = 0, budget: float = 0.01, epsilon: int = 8, steps: int = 500,
               lr: float = 0.01, surrogate_epochs: int = 30, warmup_epochs: int = 0, warmup_lr: float = 0.1,
-              magnification: float = 1.0, seed: int = 0, arch: str = "auto", accelerator: str = "auto",
-              hflip: bool = False, progress: bool = True) -> Poisoning:
-    """The attack: a surrogate trained on the attacker's pool (disjoint from the victim's training set), then
+              magnification: float = 1.0, seed: int = 0, surrogate_arch: Literal["auto", "small_cnn", "resnet18", "resnet34", "mobilenet_v2", "densenet121"] = "auto",
+              accelerator: str = "auto", hflip: bool = False, progress: bool = True) -> Poisoning:
+    """Narcissus, a clean-label backdoor with a trigger optimised on a surrogate.
+
+    The attack: a surrogate trained on the attacker's pool (disjoint from the victim's training set), then
     optionally warmed up for ``warmup_epochs`` on target-class images alone (RAdam, ``warmup_lr``; the
     published code: 5 epochs at 0.1), the trigger optimised on the pool's target-class images and all the
     target-class training images (Narcissus assumes the attacker knows the target class's training
     examples, as the published code does), and added to ``budget`` x N of them. The test-time
-    ``magnification`` is recorded in ``poison.json``."""
+    ``magnification`` is recorded in ``poison.json``.
+
+    Args:
+        target_class: the class the trigger leads to (its training images carry the trigger; labels unchanged).
+        budget: share of the training set poisoned (paper: 0.01).
+        epsilon: l_inf bound of the trigger, in 1/255 (paper: 8, also 16).
+        steps: optimisation steps, batches of 64 (the digits measurements use 2,000).
+        lr: RAdam learning rate of the trigger.
+        warmup_epochs: epochs of surrogate warm-up on the target class alone (published code: 5; on digits it
+            saturates the surrogate so that the trigger's gradient is exactly 0, hence off by default).
+        warmup_lr: RAdam learning rate of the warm-up.
+        magnification: test-time multiplier of the trigger recorded in poison.json (PureGen: 1, Narcissus' paper: 3).
+        surrogate_epochs: epochs of the attacker's surrogate classifier.
+        surrogate_arch: the surrogate's network (auto: SmallCNN up to 16x16 images, ResNet-18 above).
+        hflip: augment with horizontal flips as the victim does (pass it for CIFAR; digits are not mirror-symmetric).
+        seed: seed of every random choice.
+        accelerator: device of the surrogate and the optimisation (cpu, gpu, auto).
+        progress: show progress bars.
+    """
     train = clean.train
     if len(clean.pool) == 0:
         raise PoisonedDataError("Narcissus trains its surrogate on the attacker's own data: set --holdout > 0 or pass --attacker_data")
     choose_rows(train.labels, poison_count(budget, len(train)), torch.Generator(), of_class=target_class)  # the budget fits: fail now, not after training
     mine = [split.subset(split.labels == target_class) for split in (clean.pool, train)]
     known = Split(*(torch.cat(parts) for parts in zip(*((s.images, s.labels, s.ids) for s in mine))))
-    model = train_surrogate(clean.pool, len(clean.classes), surrogate_epochs, seed, arch, accelerator, hflip, progress)
+    check_optimisation(epsilon, steps, surrogate_epochs)
+    model = train_surrogate(clean.pool, len(clean.classes), surrogate_epochs, seed, surrogate_arch, accelerator, hflip, progress)
     if warmup_epochs > 0:
         model.optimizer_factory, model.scheduler_factory = (lambda p: torch.optim.RAdam(p, lr=warmup_lr)), None
         fit(model, known, warmup_epochs, accelerator, hflip, progress)
-    x = signed(known.images)
+    x = to_signed_unit(known.images)
     trigger, history = optimise_trigger(model, x, target_class, epsilon, steps, lr, hflip=hflip, seed=seed, progress=progress)
     trigger_steps = quantise(trigger, epsilon)
     stored = dequantise(trigger_steps)

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import torch
 
+from pureebm_lightning.errors import PoisonedDataError
+from pureebm_lightning.images import to_signed_unit
+from pureebm_lightning.poisoning.attacks import register_attack
 from pureebm_lightning.poisoning.budget import choose_rows, poison_count
-from pureebm_lightning.poisoning.clean_data import CleanData, Split, signed
+from pureebm_lightning.poisoning.clean_data import CleanData
 from pureebm_lightning.poisoning.poisoned_folder import Poisoning
-from pureebm_lightning.purification.sources import PoisonedDataError
+from pureebm_lightning.splits import Split
 
 
 def checkerboard(channels: int, size: int) -> torch.Tensor:
@@ -16,9 +19,19 @@ def checkerboard(channels: int, size: int) -> torch.Tensor:
     return ((rows + cols) % 2 == 0).to(torch.uint8).mul(255).expand(channels, size, size).contiguous()
 
 
-def badnets(clean: CleanData, target_class: int, budget: float = 0.1, patch_size: int = 3, seed: int = 0) -> Poisoning:
-    """Paste the checkerboard one pixel in from the bottom-right corner of ``budget`` x N training images
-    of other classes and relabel them ``target_class`` (dirty label)."""
+@register_attack()
+def badnets(clean: CleanData, target_class: int = 0, budget: float = 0.1, patch_size: int = 3, seed: int = 0) -> Poisoning:
+    """BadNets, a patch backdoor (dirty label).
+
+    Pastes a checkerboard one pixel in from the bottom-right corner of ``budget`` x N training images of other
+    classes and relabels them ``target_class``.
+
+    Args:
+        target_class: the class the trigger leads to.
+        budget: share of the training set poisoned.
+        patch_size: side of the checkerboard patch, in pixels.
+        seed: seed of the choice of poisoned images.
+    """
     train, (channels, height, width) = clean.train, clean.shape
     if not 1 <= patch_size < min(height, width) - 1:
         raise PoisonedDataError(f"--patch_size must be between 1 and {min(height, width) - 2} for {height}x{width} images")
@@ -31,6 +44,6 @@ def badnets(clean: CleanData, target_class: int, budget: float = 0.1, patch_size
     return Poisoning(
         attack="badnets", kind="triggered", train=Split(images, labels, train.ids), test=clean.test,
         poison_ids=train.ids[rows].tolist(), clean_label=False, target_class=target_class,
-        trigger=signed(patch)[None], trigger_spec={"mode": "patch", "position": [r, c], "magnification": 1.0},
+        trigger=to_signed_unit(patch)[None], trigger_spec={"mode": "patch", "position": [r, c], "magnification": 1.0},
         record={"budget": budget, "patch_size": patch_size},
     )

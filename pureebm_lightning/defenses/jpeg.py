@@ -10,14 +10,22 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from pureebm_lightning.purification.sources import hwc_to_pil
+from pureebm_lightning.defense import Defense
+from pureebm_lightning.defenses import register_defense
+from pureebm_lightning.images import hwc_to_pil
 
 
-class JPEGPurifier:
-    """Replaces each uint8 image by its JPEG round trip at ``quality`` (the paper's JPEG baseline).
+@register_defense()
+class JPEGPurifier(Defense):
+    """The JPEG baseline: each uint8 image replaced by its JPEG round trip at ``quality``.
 
     Deterministic: ``first_index`` and ``epoch`` are accepted for the interface and ignored.
+
+    Args:
+        quality: JPEG quality, 1..95 (the paper's baseline: 75).
     """
+
+    name = "jpeg"
 
     def __init__(self, quality: int = 75) -> None:
         if not 1 <= quality <= 95:
@@ -28,12 +36,8 @@ class JPEGPurifier:
         return f"JPEG at quality {self.quality}"
 
     def settings(self) -> dict[str, Any]:
-        """What identifies this purification (the manifest's run keys)."""
-        return {"defense": "jpeg", "jpeg_quality": self.quality, "checkpoint": None, "checkpoint_sha256": None,
-                "steps": None, "step_size": None, "temperature": None, "seed": None, "quantised_bits": 8}
-
-    def check_input(self, shape: tuple[int, int, int], where: Any) -> None:
-        """JPEG takes any grey or RGB image."""
+        """The quality (PIL's encoder, 4:2:0 chroma subsampling for RGB, as PIL's default)."""
+        return {"defense": self.name, "jpeg_quality": self.quality, "quantised_bits": 8}
 
     def __call__(self, images: Tensor, first_index: int = 0, epoch: int = 0) -> Tensor:
         out = []

@@ -13,7 +13,8 @@ from torchvision.transforms import v2
 
 from pureebm_lightning.classifier_module import ClassifierModule
 from pureebm_lightning.classifier_nets import SmallCNN, SmallImageClassifier
-from pureebm_lightning.poisoning.clean_data import Split, signed
+from pureebm_lightning.images import to_signed_unit
+from pureebm_lightning.splits import Split
 
 
 class _Augmented(Dataset):
@@ -28,7 +29,7 @@ class _Augmented(Dataset):
         return len(self.split)
 
     def __getitem__(self, i: int) -> tuple[Tensor, int]:
-        return signed(self.augment(self.split.images[i])), int(self.split.labels[i])
+        return to_signed_unit(self.augment(self.split.images[i])), int(self.split.labels[i])
 
 
 def surrogate_net(shape: tuple[int, int, int], num_classes: int, arch: str = "auto") -> nn.Module:
