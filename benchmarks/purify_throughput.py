@@ -34,10 +34,12 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from pureebm_lightning import Purifier, command, open_source
+from pureebm_lightning import Purifier
+from pureebm_lightning.bundled_digits import digits_images
 from pureebm_lightning.cli import main as cli_main
-from pureebm_lightning.data.digits import digits_images
 from pureebm_lightning.images import to_signed_unit
+from pureebm_lightning.purification import command
+from pureebm_lightning.sources import open_source
 
 REPO = Path(__file__).resolve().parents[1]
 MEMORY_SCRIPT = """

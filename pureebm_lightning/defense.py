@@ -62,3 +62,13 @@ class Defense(ABC):
 def run_key(identity: dict[str, Any]) -> str:
     """A stable hash of a run's identity (a defense's settings and what else its output depends on)."""
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def require_uint8(images: Tensor) -> Tensor:
+    """``images`` if they are uint8 (B, C, H, W) pixels; a clear error otherwise (never a silent rescaling)."""
+    from pureebm_lightning.errors import PoisonedDataError
+
+    if not isinstance(images, Tensor) or images.dim() != 4 or images.dtype != torch.uint8:
+        what = f"{images.dtype} {tuple(images.shape)}" if isinstance(images, Tensor) else type(images).__name__
+        raise PoisonedDataError(f"this defense takes uint8 (B, C, H, W) pixels, got {what}")
+    return images

@@ -68,6 +68,6 @@ class PoisonSpec:
                    raw.get("targets", []), raw)
 
     def trigger_array(self) -> Tensor:
-        """The trigger as a float (C, H, W) tensor."""
+        """The trigger as a float tensor: (C, H, W) for images and patches, (H, W, 2) for a "warp" grid."""
         array = np.load(self.root / self.trigger["file"], allow_pickle=False)
         return torch.as_tensor(array, dtype=torch.float32).reshape(array.shape[-3:])

@@ -48,9 +48,9 @@ class Registry(Generic[T]):
 
     def _discover(self) -> None:
         if not self._discovered:
-            self._discovered = True
-            for module in self._modules():
+            for module in self._modules():  # an import error surfaces as itself, not as an unknown name
                 importlib.import_module(module)
+            self._discovered = True
 
     def __getitem__(self, name: str) -> T:
         if name not in self._items:

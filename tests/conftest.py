@@ -103,7 +103,7 @@ def write_digit_folder(root: Path, count: int = 40, rgb: bool = False, split: st
     """Real digits as 8-bit PNGs under root/<split>/<label>/<index>.png; returns the relative paths."""
     from PIL import Image
 
-    from pureebm_lightning.data.digits import digits_images
+    from pureebm_lightning.bundled_digits import digits_images
 
     x, y = digits_images(size, rgb=rgb)
     images = ((x[:count] + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()

@@ -14,8 +14,9 @@ import torch
 
 from pureebm_lightning.cli import main
 from pureebm_lightning.data.poisoned_set import PoisonedSetDataModule
-from pureebm_lightning.defense import run_key
+from pureebm_lightning.defense import Defense, run_key
 from pureebm_lightning.defenses import DEFENSES
+from pureebm_lightning.errors import PoisonedDataError
 from pureebm_lightning.images import to_signed_unit, to_uint8
 from pureebm_lightning.poison_spec import PoisonSpec
 from pureebm_lightning.poisoning.attacks import ATTACKS
@@ -87,11 +88,12 @@ def test_every_defense_resumes_after_a_kill_and_records_its_settings(defense, tm
     args = ["purify", f"--data={data}", "--batch_size=8", *tiny_defense(defense, grey_ebm), *QUIET_PURIFY]
     main([*args, f"--out={tmp_path / 'whole'}"])
 
+    learns = DEFENSES[defense].fit is not Defense.fit
     write, calls = PurifiedStore.write, []
 
     def write_then_die(self, indices, images, rank=0):
         if calls:
-            assert self.state_dir.exists() == (defense == "friendly_noise")  # what the defense learned is kept
+            assert self.state_dir.exists() == learns  # what the defense learned is kept for the resumed run
             raise KeyboardInterrupt  # killed during the second block
         calls.append(indices)
         write(self, indices, images, rank)
@@ -102,6 +104,7 @@ def test_every_defense_resumes_after_a_kill_and_records_its_settings(defense, tm
         main([*args, f"--out={out}"])
     assert len(list(out.rglob("*.png"))) == 8 and not json.loads((out / "manifest.json").read_text())["complete"]
     monkeypatch.setattr(PurifiedStore, "write", write)
+    monkeypatch.setattr("pureebm_lightning.surrogate.train_surrogate", lambda *a, **k: pytest.fail("learned again on resume"))
     main([*args, f"--out={out}"])
     for key in keys:  # blocks are seeded by (seed, block): the resumed output is the uninterrupted one
         assert (out / key).read_bytes() == (tmp_path / "whole" / key).read_bytes(), key
@@ -146,7 +149,7 @@ def test_wanet_warps_poisons_with_the_field_the_test_trigger_uses(tmp_path):
 
 
 # ---- Friendly Noise --------------------------------------------------------------------------------------------
-def test_friendly_noise_is_bounded_keeps_the_models_outputs_and_is_large(tmp_path):
+def test_friendly_noise_is_bounded_keeps_the_models_outputs_and_is_large(tmp_path, monkeypatch):
     from pureebm_lightning.defenses.friendly_noise import MODEL_FILE, FriendlyNoise
 
     data = tmp_path / "set"
@@ -164,12 +167,19 @@ def test_friendly_noise_is_bounded_keeps_the_models_outputs_and_is_large(tmp_pat
         before = defense.model(to_signed_unit(images)).argmax(1)
         after = defense.model(to_signed_unit(noisy)).argmax(1)
     assert (before == after).float().mean() >= 0.9  # the model's outputs are kept
+    def no_training(*args, **kwargs):
+        raise AssertionError("the kept model must be loaded, not trained again")
+
+    monkeypatch.setattr("pureebm_lightning.surrogate.train_surrogate", no_training)
     again = FriendlyNoise(epsilon=16, random_noise=0, steps=30, model_epochs=5, seed=0)
-    again.fit(source, tmp_path / "state")  # loaded, not trained again: the same model, the same noise
+    again.fit(source, tmp_path / "state")  # loaded: the same model, the same noise
     assert torch.equal(again(images, first_index=0), noisy)
     with_random = FriendlyNoise(epsilon=16, random_noise=8, steps=30, model_epochs=5, seed=0)
     with_random.fit(source, tmp_path / "state")
-    assert (with_random(images).int() - images.int()).abs().max() <= 16  # both noises together stay within eps
+    moved = (with_random(images).int() - images.int()).abs()
+    assert moved.max() <= 16 + 8 and (moved > 16).any()  # the random part comes on top of the friendly one
+    with pytest.raises(PoisonedDataError, match="uint8"):
+        with_random(to_signed_unit(images))  # floats are refused, not read as pixels
 
 
 # ---- layering --------------------------------------------------------------------------------------------------
@@ -227,3 +237,20 @@ def test_pixel_helpers_and_errors_come_from_their_own_modules():
         for module, names in _imports(path):
             wrong += [f"{path.name}: {name} from {module}" for name in names if name in owners and owners[name] != module]
     assert not wrong
+
+
+def test_an_output_from_before_manifests_listed_their_identity_still_resumes(tmp_path, grey_ebm):
+    data, out = tmp_path / "poisoned", tmp_path / "out"
+    keys = write_digit_folder(data, 20)
+    args = ["purify", f"--data={data}", f"--out={out}", "--batch_size=8", *tiny_defense("pureebm", grey_ebm), *QUIET_PURIFY]
+    main(args)
+    whole = {k: (out / k).read_bytes() for k in keys}
+    manifest = json.loads((out / "manifest.json").read_text())
+    # the previous release's manifest: no identity list, no run key, no numerics keys; the run killed midway
+    legacy = {k: v for k, v in manifest.items() if k not in ("identity", "run_key", "precision", "tf32")}
+    (out / "manifest.json").write_text(json.dumps({**legacy, "complete": False, "purified": 8}))
+    for key in keys[8:]:
+        (out / key).unlink()
+    main(args)
+    assert {k: (out / k).read_bytes() for k in keys} == whole
+    assert json.loads((out / "manifest.json").read_text())["complete"]

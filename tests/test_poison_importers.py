@@ -13,8 +13,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from pureebm_lightning.bundled_digits import digits_images
 from pureebm_lightning.cli import main
-from pureebm_lightning.data.digits import digits_images
 from pureebm_lightning.data.poisoned_set import PoisonedSetDataModule
 from pureebm_lightning.images import chw_to_pil
 from pureebm_lightning.poisoning.clean_data import load_clean_splits

@@ -77,7 +77,7 @@ def test_rgb_class_folders_stay_rgb(tmp_path, rgb_ebm):
 
 
 def test_numpy_pair_is_written_back_as_the_same_pair(tmp_path, grey_ebm):
-    from pureebm_lightning.data.digits import digits_images
+    from pureebm_lightning.bundled_digits import digits_images
 
     x, y = digits_images(8)
     data = tmp_path / "npy"
@@ -147,7 +147,7 @@ def test_another_runs_output_is_refused_unless_overwrite_which_replaces_it_whole
 
 
 def test_numpy_run_interrupted_after_one_block_resumes_block_by_block(tmp_path, grey_ebm, monkeypatch):
-    from pureebm_lightning.data.digits import digits_images
+    from pureebm_lightning.bundled_digits import digits_images
     from pureebm_lightning.purification.purified_store import PurifiedStore
 
     x, y = digits_images(8)
@@ -325,7 +325,7 @@ def test_jpeg_baseline_has_the_same_command_and_output_layout(tmp_path, grey_ebm
 
 
 def test_jpeg_purifier_loses_more_at_lower_quality():
-    from pureebm_lightning.data.digits import digits_images
+    from pureebm_lightning.bundled_digits import digits_images
     from pureebm_lightning.defenses.jpeg import JPEGPurifier
 
     images = to_uint8(digits_images(16, rgb=True)[0][:20])

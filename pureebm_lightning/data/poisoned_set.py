@@ -151,8 +151,12 @@ class PoisonedSetDataModule(LightningDataModule):
         manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
         if manifest.get("defense") == "jpeg":
             defense = f"JPEG q={manifest.get('jpeg_quality')}"
-        elif manifest.get("steps") is not None:
+        elif manifest.get("defense") == "pureebm":
             defense = f"PureEBM T={manifest['steps']}"
+        elif manifest.get("defense"):  # another registered defense: its name and its settings
+            settings = ", ".join(f"{k}={manifest[k]}" for k in manifest.get("identity", [])
+                                 if k not in ("defense", "source", "batch_size", "precision", "tf32", "quantised_bits"))
+            defense = f"{manifest['defense']} ({settings})" if settings else manifest["defense"]
         elif self.poison is not None and self.own_poison is None:
             defense = "clean training data (floor)"
         else:

@@ -10,9 +10,10 @@ import torch
 from pureebm_lightning.data.poisoned_set import PoisonedSetDataModule
 from pureebm_lightning.defense import Defense, run_key
 from pureebm_lightning.defenses.pureebm import Purifier
+from pureebm_lightning.errors import UsageError
 from pureebm_lightning.images import to_signed_unit
 from pureebm_lightning.purification.purified_store import PurifiedStore
-from pureebm_lightning.purification.run import PurificationRun
+from pureebm_lightning.purification.run import PurificationRun, learns
 from pureebm_lightning.sources import PoisonedSource
 
 
@@ -46,7 +47,6 @@ class PurifiedDataModule(PoisonedSetDataModule):
         ckpt_path: str | None = None,
         steps: int = 150,
         seed: int = 0,
-        defense: Defense | None = None,
         cache_dir: str | None = None,
         every_epoch: bool = False,
         purify_batch_size: int = 256,
@@ -57,6 +57,7 @@ class PurifiedDataModule(PoisonedSetDataModule):
         magnification: float | None = None,
         batch_size: int = 128,
         num_workers: int = 0,
+        defense: Defense | None = None,
     ) -> None:
         super().__init__(data, test_data, crop_padding, hflip, poison_spec, magnification, batch_size, num_workers)
         if (ckpt_path is None) == (defense is None):
@@ -73,11 +74,13 @@ class PurifiedDataModule(PoisonedSetDataModule):
         self.purifier.check_input(source.shape, source.root)
         strategy = self.trainer.strategy if self.trainer is not None else None
         device = strategy.root_device if strategy is not None else torch.device("cpu")
-        store = self._store(source)
-        if self.every_epoch:  # purified batch by batch in on_after_batch_transfer; a fitted defense learns once, here
-            self.purifier.fit(source, store.state_dir, device)
+        if self.every_epoch:  # purified batch by batch in on_after_batch_transfer
+            if learns(self.purifier):
+                raise UsageError(f"every_epoch re-purifies each batch; {self.purifier.name} learns from the poisoned set "
+                                 "first, so it runs cached only (every_epoch: false)")
             self.purifier.to(device)
             return source.load
+        store = self._store(source)
         store.check(overwrite=False)  # every rank, on the same untouched folder: all refuse together
         if strategy is not None:
             strategy.barrier("purify-cache-checked")  # no rank checks while rank 0 is already preparing

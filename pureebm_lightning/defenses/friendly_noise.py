@@ -1,16 +1,19 @@
 """Friendly Noise (Liu et al., NeurIPS 2022): per-image noise as large as a model trained on the poisoned set allows
-without changing its outputs, plus random noise, within an l_inf ball.
+without changing its outputs, within an l_inf ball, plus random noise.
 
 As the authors' code does it (tianyu139/friendly-noise): a model is trained on the poisoned set; for each batch the
-noise starts uniform in +-eps/2 and takes ``steps`` SGD steps (lr 100, momentum 0.9, Nesterov; lr x0.1 at 1/2 and
-7/10 of the steps) on ``KL(log f(x + noise) || log f(x)) - mu * mean(noise^2)`` in [0, 1] pixel units, clamped to
-+-eps and to the image box after each step; then Bernoulli +-``random_noise`` is added. Here the result is stored
-once (the authors draw the random part afresh each epoch), rounded to 8 bits, and the sum of both noises is held
-within +-eps of the input, so a purified image stays within ``epsilon``/255 of the poisoned one.
+noise starts uniform in +-8/255 and takes ``steps`` SGD steps (lr 100, constant: the authors build a scheduler but
+never step it; momentum 0.9, Nesterov) on ``KL(f(x) || f(x + clamp(n))) - mu * mean(clamp(n)^2)`` in [0, 1] pixel
+units, where ``clamp`` is to +-eps and the noisy image is clamped to [0, 1] in the forward pass only; the noise
+is clamped to +-eps at the end. Bernoulli +-``random_noise`` is then added on top, so an image moves by at most
+(eps + random_noise)/255. Where this differs: the result is stored once, rounded to 8 bits (the authors redraw
+the random part every epoch), and the model is this package's quick recipe (:func:`train_surrogate`: SGD 0.05,
+random crops, ``model_epochs`` epochs), not the victim's own model after 5 of its epochs.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -19,7 +22,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from pureebm_lightning.defense import Defense
+from pureebm_lightning.defense import Defense, require_uint8
 from pureebm_lightning.defenses import register_defense
 from pureebm_lightning.images import to_signed_unit, to_uint8
 from pureebm_lightning.splits import Split
@@ -35,8 +38,8 @@ class FriendlyNoise(Defense):
     """Friendly Noise: a model trained on the poisoned set, then noise that keeps its outputs, plus random noise.
 
     Args:
-        epsilon: l_inf bound of the noise, friendly and random together, in 1/255 (the paper: 16).
-        random_noise: size of the Bernoulli +- noise, in 1/255 (the authors' code default: 8).
+        epsilon: l_inf bound of the friendly noise, in 1/255 (the authors': 16).
+        random_noise: size of the Bernoulli +- noise added on top, in 1/255 (the authors' code default: 8).
         steps: optimisation steps of the friendly noise (the authors': 30).
         lr: SGD learning rate of the noise, in [0, 1] pixel units (the authors': 100).
         mu: weight of the noise-size term (the authors': 1).
@@ -49,7 +52,7 @@ class FriendlyNoise(Defense):
     name = "friendly_noise"
 
     def __init__(self, epsilon: int = 16, random_noise: int = 8, steps: int = 30, lr: float = 100.0, mu: float = 1.0,
-                 model_epochs: int = 10, model_arch: Literal["auto", "small_cnn", "resnet18"] = "auto",
+                 model_epochs: int = 5, model_arch: Literal["auto", "small_cnn", "resnet18"] = "auto",
                  hflip: bool = False, seed: int = 0) -> None:
         if not 1 <= epsilon <= 255 or not 0 <= random_noise <= 255 or steps < 0 or model_epochs < 1:
             raise ValueError("Friendly Noise needs 1 <= epsilon <= 255, 0 <= random_noise <= 255, steps >= 0, model_epochs >= 1")
@@ -59,7 +62,7 @@ class FriendlyNoise(Defense):
 
     def settings(self) -> dict[str, Any]:
         return {"defense": self.name, "epsilon_255": self.epsilon, "random_noise_255": self.random_noise, "steps": self.steps,
-                "lr": self.lr, "mu": self.mu, "model_epochs": self.model_epochs, "model_arch": self.model_arch,
+                "lr": float(self.lr), "mu": float(self.mu), "model_epochs": self.model_epochs, "model_arch": self.model_arch,
                 "hflip": self.hflip, "seed": self.seed, "quantised_bits": 8}
 
     def describe(self) -> str:
@@ -83,7 +86,7 @@ class FriendlyNoise(Defense):
                                       progress=False)
             module = trained.net.cpu()
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.tmp")
+            tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")  # one per process: ranks may fit side by side
             torch.save(module.state_dict(), tmp)
             tmp.replace(path)
         self.model = module.eval().requires_grad_(False).to(device)
@@ -100,24 +103,19 @@ class FriendlyNoise(Defense):
         self.model.to(images.device)
         seed = int(np.random.SeedSequence([self.seed, epoch, first_index]).generate_state(1, np.uint64)[0])
         gen = torch.Generator(device=images.device).manual_seed(seed)
-        x = (to_signed_unit(images) + 1) / 2  # [0, 1], the authors' pixel units
+        x = (to_signed_unit(require_uint8(images)) + 1) / 2  # [0, 1], the authors' pixel units
         eps = self.epsilon / 255
         with torch.no_grad():
             target = F.log_softmax(self.model(x * 2 - 1), dim=1)
-        noise = ((torch.rand(x.shape, generator=gen, device=x.device) * 2 - 1) * eps / 2).requires_grad_(True)
+        noise = ((torch.rand(x.shape, generator=gen, device=x.device) * 2 - 1) * 8 / 255).requires_grad_(True)
         optimizer = torch.optim.SGD([noise], lr=self.lr, momentum=0.9, nesterov=True)
-        drops = [int(self.steps * 0.5), int(self.steps * 0.7)]
-        scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, drops, 0.1)
         for _ in range(self.steps):
-            out = F.log_softmax(self.model((x + noise).clamp(0, 1) * 2 - 1), dim=1)
-            loss = F.kl_div(out, target, reduction="batchmean", log_target=True) - self.mu * noise.pow(2).mean()
+            bounded = noise.clamp(-eps, eps)
+            out = F.log_softmax(self.model((x + bounded).clamp(0, 1) * 2 - 1), dim=1)
+            loss = F.kl_div(out, target, reduction="batchmean", log_target=True) - self.mu * bounded.pow(2).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            scheduler.step()
-            with torch.no_grad():
-                noise.clamp_(-eps, eps)
-                noise.copy_((x + noise).clamp(0, 1) - x)
         sign = torch.randint(0, 2, x.shape, generator=gen, device=x.device).float() * 2 - 1
-        total = (noise.detach() + sign * self.random_noise / 255).clamp(-eps, eps)
+        total = noise.detach().clamp(-eps, eps) + sign * self.random_noise / 255
         return to_uint8((x + total).clamp(0, 1) * 2 - 1)

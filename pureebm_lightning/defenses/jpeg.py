@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from pureebm_lightning.defense import Defense
+from pureebm_lightning.defense import Defense, require_uint8
 from pureebm_lightning.defenses import register_defense
 from pureebm_lightning.images import hwc_to_pil
 
@@ -41,7 +41,7 @@ class JPEGPurifier(Defense):
 
     def __call__(self, images: Tensor, first_index: int = 0, epoch: int = 0) -> Tensor:
         out = []
-        for image in images.cpu().permute(0, 2, 3, 1).numpy():
+        for image in require_uint8(images).cpu().permute(0, 2, 3, 1).numpy():
             grey = image.shape[2] == 1
             buffer = io.BytesIO()
             hwc_to_pil(image).save(buffer, "JPEG", quality=self.quality)

@@ -5,7 +5,7 @@ from pureebm_lightning.lazy_exports import lazy_exports
 
 _EXPORTS = {
     "CleanData": "pureebm_lightning.poisoning.clean_data",
-    "Split": "pureebm_lightning.poisoning.clean_data",
+    "Split": "pureebm_lightning.splits",
     "load_clean_data": "pureebm_lightning.poisoning.clean_data",
     "Poisoning": "pureebm_lightning.poisoning.poisoned_folder",
     "Target": "pureebm_lightning.poisoning.poisoned_folder",

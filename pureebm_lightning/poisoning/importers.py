@@ -7,7 +7,7 @@
   the attack gives each sample) and ``info.pickle`` (target, label transform); clean samples from ``--data``.
 - The "Just How Toxic" benchmark's pickles (``poisons.pickle``, ``target.pickle``, ``base_indices.pickle``),
   targeted or (with a patch in ``target.pickle``) triggered: unpickling runs code, so only with ``trust_pickle``.
-(A Narcissus trigger array is imported by :func:`pureebm_lightning.poisoning.narcissus.apply_narcissus_trigger`.)
+(A Narcissus trigger array is imported by :func:`pureebm_lightning.poisoning.attacks.narcissus.apply_narcissus_trigger`.)
 """
 
 from __future__ import annotations

@@ -40,7 +40,7 @@ class Poisoning:
     """What an attack made: the victim's training set after it, which ids it poisoned, and how to test it.
 
     ``train`` has the clean training set's rows and ids; ``trigger`` (float, [-1, 1] space: (1, C, H, W), or
-    BadNets' (1, C, p, p) patch) and ``trigger_spec`` (mode, magnification, ...) are for triggered attacks,
+    BadNets' (1, C, p, p) patch, or WaNet's (1, H, W, 2) sampling grid) and ``trigger_spec`` (mode, magnification, ...) are for triggered attacks,
     ``targets`` for targeted ones; ``extra_folders`` are written beside ``train/`` (an imported BackdoorBench
     record's triggered test images, ``poison_test/``).
     ``record`` holds attack-specific facts for ``poison.json`` (parameters, objective before/after, ...).

@@ -10,20 +10,26 @@ from pureebm_lightning.purification.options import build_parser, defense_named
 
 def check_arguments(cfg) -> None:
     """Every check that needs no file: before anything is loaded."""
-    from pureebm_lightning.purification.options import TOP_LEVEL
+    from pureebm_lightning.purification.options import DEFENSES_PACKAGE, TOP_LEVEL
+    from pureebm_lightning.registry import Registry
 
     defense = cfg.defense or ("pureebm" if cfg.ckpt_path is not None else "jpeg" if cfg.jpeg_quality is not None else None)
     if defense is None:
         raise UsageError("give either --ckpt_path (PureEBM) or --jpeg_quality (the JPEG baseline), or --defense NAME")
-    if defense not in TOP_LEVEL and defense not in cfg:
-        raise UsageError(f"--defense {defense}: unknown; see `pureebm purify --help` for the defenses")
+    known = Registry("defense", (DEFENSES_PACKAGE,), by_module=True).names()
+    if defense not in known:
+        raise UsageError(f"--defense {defense}: unknown; the defenses are {', '.join(known)}")
     if defense == "pureebm" and (cfg.ckpt_path is None or cfg.jpeg_quality is not None):
         raise UsageError("give either --ckpt_path (PureEBM) or --jpeg_quality (the JPEG baseline)")
     if defense == "jpeg" and (cfg.jpeg_quality is None or cfg.ckpt_path is not None):
         raise UsageError("give either --ckpt_path (PureEBM) or --jpeg_quality (the JPEG baseline)")
+    if defense != "pureebm" and (cfg.steps is not None or cfg.seed is not None):
+        raise UsageError(f"--steps and --seed are PureEBM's; --defense {defense} takes its own as --{defense}.<option>")
     if defense not in TOP_LEVEL and (cfg.ckpt_path is not None or cfg.jpeg_quality is not None):
         raise UsageError(f"--defense {defense} takes its options as --{defense}.<option>, not --ckpt_path or --jpeg_quality")
     cfg.defense = defense
+    cfg.steps = 150 if cfg.steps is None else cfg.steps
+    cfg.seed = 0 if cfg.seed is None else cfg.seed
     for name, low in (("steps", 0), ("batch_size", 1), ("diagnostic_points", 1)):
         if getattr(cfg, name) < low:
             raise UsageError(f"--{name} must be at least {low}, got {getattr(cfg, name)}")
@@ -45,7 +51,8 @@ def make_defense(cfg):
         return DEFENSES["pureebm"].from_checkpoint(cfg.ckpt_path, steps=cfg.steps, seed=cfg.seed)
     if cfg.defense == "jpeg":
         return DEFENSES["jpeg"](cfg.jpeg_quality)
-    return DEFENSES[cfg.defense](**cfg[cfg.defense].as_dict())
+    options = cfg.get(cfg.defense)
+    return DEFENSES[cfg.defense](**(options.as_dict() if options is not None else {}))
 
 
 def purify(argv: list[str]) -> None:

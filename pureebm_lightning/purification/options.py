@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser
 
 #: the Trainer options purification honours (the rest of Lightning's Trainer does not apply to it)
@@ -22,12 +24,20 @@ TOP_LEVEL = {"pureebm": "--ckpt_path, --steps, --seed", "jpeg": "--jpeg_quality"
 
 
 def defense_named(argv: list[str]) -> str | None:
-    """The defense ``argv`` names with ``--defense`` (None: PureEBM or JPEG, from --ckpt_path or --jpeg_quality)."""
+    """The defense ``argv`` names with ``--defense`` or a ``--config`` YAML's ``defense:`` (None: PureEBM or JPEG, from
+    --ckpt_path or --jpeg_quality)."""
     for i, arg in enumerate(argv):
         if arg == "--defense" and i + 1 < len(argv):
             return argv[i + 1]
         if arg.startswith("--defense="):
             return arg.split("=", 1)[1]
+    for i, arg in enumerate(argv):
+        if arg == "--config" and i + 1 < len(argv) and Path(argv[i + 1]).is_file():
+            import yaml
+
+            loaded = yaml.safe_load(Path(argv[i + 1]).read_text())
+            if isinstance(loaded, dict) and loaded.get("defense"):
+                return str(loaded["defense"])
     return None
 
 
@@ -54,8 +64,8 @@ def build_parser(defense: str | None = None) -> ArgumentParser:
     parser.add_argument("--jpeg_quality", type=int | None, default=None,
                         help="instead of an EBM: the JPEG baseline defense at this quality (e.g. 75)")
     parser.add_argument("--out", type=str | None, default=None, help="output folder (default: <data>_purified beside the input)")
-    parser.add_argument("--steps", type=int, default=150, help="T, Langevin steps per image (paper: 150 from scratch)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the Langevin noise")
+    parser.add_argument("--steps", type=int | None, default=None, help="PureEBM: T, Langevin steps per image (default 150, the paper's from scratch)")
+    parser.add_argument("--seed", type=int | None, default=None, help="PureEBM: seed of the Langevin noise (default 0)")
     parser.add_argument("--batch_size", type=int, default=128,
                         help="images per batch and device; also the block whose noise is seeded together (results depend on it)")
     parser.add_argument("--num_workers", type=int | None, default=None,

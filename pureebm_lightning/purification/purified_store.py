@@ -24,6 +24,8 @@ if TYPE_CHECKING:
     from lightning.pytorch.strategies import Strategy
 
 MANIFEST = "manifest.json"
+#: what a manifest from before ``identity`` was recorded meant when it did not state a key (float32 numerics)
+LEGACY_DEFAULTS = {"precision": "32-true", "tf32": False}
 #: the folder inside an output where a defense keeps what it learned (Defense.fit), until the output is complete
 STATE_DIR = ".defense_state"
 _PIL_FORMATS = Image.registered_extensions()
@@ -72,6 +74,8 @@ class PurifiedStore:
             return
         if overwrite:
             return
+        if "identity" not in manifest:  # written before manifests listed their identity: its unstated numerics
+            manifest = {**LEGACY_DEFAULTS, **manifest}
         keys = sorted(set(self.identity) | set(manifest.get("identity", [])))
         different = {k: (manifest.get(k), self.identity.get(k)) for k in keys if manifest.get(k) != self.identity.get(k)}
         if different:

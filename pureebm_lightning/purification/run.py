@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from pureebm_lightning.defense import Defense
-from pureebm_lightning.errors import OutputLocked
+from pureebm_lightning.errors import OutputLocked, UsageError
 from pureebm_lightning.purification.purified_store import (
     PurifiedStore,
     run_on_rank_zero,
@@ -38,7 +38,8 @@ class PurificationRun:
     def claim(self, strategy: Strategy | None, overwrite: bool = False, wait: bool = False, poll_seconds: float = 5.0) -> None:
         """Global rank 0 takes the folder's lock, checks and prepares it (``wait``: while another run holds the lock,
         poll, with short collectives so that no rank times out; otherwise :class:`OutputLocked`); then the defense
-        fits on rank 0, then on the others (which load what rank 0 kept). A failure on rank 0 is raised on every rank."""
+        learns from the poisoned set, if it does and work remains (one process only: a defense that learns is refused
+        under several); the lock is released if any of that fails. A failure on rank 0 is raised on every rank."""
 
         def take() -> bool:
             try:
@@ -55,10 +56,18 @@ class PurificationRun:
                 rank_zero_info(f"Waiting for {self.store.lock.describe_holder()}, which is filling {self.store.out}")
                 told = True
             time.sleep(poll_seconds)
-        device = strategy.root_device if strategy is not None else torch.device("cpu")
-        run_on_rank_zero(strategy, lambda: self.defense.fit(self.store.source, self.store.state_dir, device))
-        if strategy is not None and not strategy.is_global_zero:
-            self.defense.fit(self.store.source, self.store.state_dir, device)
+        try:
+            if not run_on_rank_zero(strategy, self.store.todo):
+                return  # complete already: nothing to learn or purify
+            if learns(self.defense):
+                if strategy is not None and strategy.world_size > 1:
+                    raise UsageError(f"{self.defense.name} learns from the poisoned set before purifying, which runs on one "
+                                     "process only: purify on one device (--trainer.devices 1), then train on the output")
+                device = strategy.root_device if strategy is not None else torch.device("cpu")
+                self.defense.fit(self.store.source, self.store.state_dir, device)
+        except BaseException:
+            self.store.lock.release()
+            raise
         if strategy is not None:
             strategy.barrier("purification-claimed")
 
@@ -91,9 +100,9 @@ class PurificationRun:
             progress: bool = True) -> int:
         """The whole purification on this process (claim, this rank's blocks, finish); returns the images it purified."""
         rank, world = (strategy.global_rank, strategy.world_size) if strategy is not None else (0, 1)
-        self.claim(strategy, overwrite, wait)
-        self.defense.to(device)
         try:
+            self.claim(strategy, overwrite, wait)
+            self.defense.to(device)
             mine = self.blocks(rank, world)
             loader = self.loader(rank, world)
             for images, indices in tqdm(loader, desc=f"Purifying ({self.defense.describe()})", disable=rank != 0 or not mine or not progress):
@@ -108,6 +117,11 @@ class PurificationRun:
         source = self.store.source
         return (f"Purifying {len(missing)} of {len(source)} images of {source.root} ({len(source) - len(missing)} already "
                 f"done) with {self.defense.describe()} into {self.store.out}")
+
+
+def learns(defense: Defense) -> bool:
+    """Whether ``defense`` learns from the poisoned set before purifying it (it overrides :meth:`Defense.fit`)."""
+    return type(defense).fit is not Defense.fit
 
 
 def diagnostics_of(sums: torch.Tensor, points: list[int]) -> dict[str, Any]:
