@@ -49,15 +49,16 @@ QUIET_PURIFY = ["--trainer.enable_progress_bar=false", "--trainer.enable_model_s
 QUICK_CLASSIFIER = ["--trainer.max_epochs=1", "--trainer.enable_progress_bar=false", "--trainer.enable_model_summary=false"]
 #: `pureebm poison` on 8x8 digits without bars
 TINY_POISON_DATA = ["--data", "digits", "--image_size", "8", "--progress", "false"]
-#: the smallest run of each registered attack, with the largest pixel change (1/255) it may make; a new attack
-#: adds its line here, and the contract tests (test_plugins.py) run it
-TINY_ATTACK: dict[str, tuple[list[str], int]] = {
-    "none": ([], 0),
-    "badnets": (["--budget", "0.05"], 255),
-    "blended": (["--budget", "0.05", "--alpha", "0.2"], 52),
-    "narcissus": (["--budget", "0.05", "--steps", "20", "--lr", "0.1", "--surrogate_epochs", "1"], 8),
-    "gradient_matching": (["--budget", "0.02", "--steps", "3", "--restarts", "1", "--surrogate_epochs", "1"], 8),
-    "wanet": (["--budget", "0.05", "--strength", "1.0"], 255),
+#: the smallest run of each registered attack, with the largest pixel change (1/255) it may make (None: any, as a
+#: patch or a warp moves pixels all the way) and the largest share of the training images it may change; a new
+#: attack adds its line here, and the contract tests (test_plugins.py) run it
+TINY_ATTACK: dict[str, tuple[list[str], int | None, float]] = {
+    "none": ([], 0, 0.0),
+    "badnets": (["--budget", "0.05"], None, 0.05),
+    "blended": (["--budget", "0.05", "--alpha", "0.2"], 52, 0.05),
+    "narcissus": (["--budget", "0.05", "--steps", "20", "--lr", "0.1", "--surrogate_epochs", "1"], 8, 0.05),
+    "gradient_matching": (["--budget", "0.02", "--steps", "3", "--restarts", "1", "--surrogate_epochs", "1"], 8, 0.02),
+    "wanet": (["--budget", "0.05", "--strength", "1.0"], None, 0.16),  # the poisons and twice as many noise-mode images
 }
 
 
