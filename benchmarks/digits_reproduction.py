@@ -17,8 +17,10 @@ The paper's protocol (docs/method.md), scaled to scikit-learn's digits and two C
 5. Victims: the digits classifier recipe (configs/classifier_digits.yaml) trained on each defended set; natural
    accuracy, target-class accuracy, poison success, and its floor (the attack on a model trained on the clean
    split: no training-set defense can remove it).
-6. Writes results.md (tables in the paper's shape, mean and spread over target classes, each target of
-   issue 6 checked), results.json, results.csv, victims.jsonl, timings.json, sweep.png, chain_curves.png and
+6. Plug-ins: registered attacks (--plugin_attacks, default WaNet) and defenses (--plugin_defenses, default Friendly
+   Noise) measured beside the table, in their own section of results.md and plugins.json.
+7. Writes results.md (tables in the paper's shape, mean and spread over target classes, each target of the
+   reproduction checked), results.json, results.csv, victims.jsonl, timings.json, sweep.png, chain_curves.png and
    pairs.png into --out.
 
 An interrupted run resumes: poisoned folders, EBM checkpoints, purified images and every victim's result are
@@ -97,6 +99,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--plugin_attack_args", nargs="*", default=["wanet:--strength=1.0"],
                    help="NAME:--option=value: an option for a plug-in attack (default: WaNet's warp at s = 1, since at the "
                    "published s = 0.5 a 16x16 digit moves by a quarter pixel and one measured victim reached 59 %%)")
+    p.add_argument("--plugin_sweep", type=int, nargs="*", default=None,
+                   help="the T the plug-in attacks are purified at (default: --sweep; each T adds a victim per scenario)")
     p.add_argument("--plugin_defenses", nargs="*", default=["friendly_noise"],
                    help="registered defenses (their defaults) measured against every triggered attack that works undefended")
     args = p.parse_args(argv)
@@ -106,6 +110,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         args.narcissus_steps, args.gm_targets, args.gm_steps, args.gm_defenses = 100, 2, 20, "always"
         args.surrogate_epochs = 5
         args.sweep, args.T, args.curve_every, args.ebm_steps, args.victim_epochs = [0, 10, 20], 10, 5, 12, 5
+    args.plugin_sweep = sorted(set(args.sweep if args.plugin_sweep is None else args.plugin_sweep) | {0})
     if args.T not in args.sweep:
         p.error(f"--T {args.T} must be one of --sweep {args.sweep}")
     args.sweep = sorted(set(args.sweep))
@@ -518,18 +523,18 @@ def plugin_stage(args, out: Path, clean_folder: Path, clean_models: dict, clean_
                                   "--seed", str(k), *reproduction_plugins.attack_flags(args, attack))
             plugin_scenarios.append((attack, k, folder, spec))
             images, labels, ids = load_set(folder)
-            key = digest(clean_sha, args.sweep, args.batch_size, args.jpeg_quality, images)
+            key = digest(clean_sha, args.plugin_sweep, args.batch_size, args.jpeg_quality, images)
             cache = out / "purified" / f"plugin_{folder.name}_{key}.pt"
             if cache.is_file():
                 snaps = torch.load(cache, weights_only=True)
             else:
-                snaps = purify_distinct(Purifier.from_checkpoint(clean_ckpt, steps=max(args.sweep), seed=0), images,
-                                        torch.stack([original_of[i] for i in ids]), args.sweep, [0], args.batch_size,
+                snaps = purify_distinct(Purifier.from_checkpoint(clean_ckpt, steps=max(args.plugin_sweep), seed=0), images,
+                                        torch.stack([original_of[i] for i in ids]), args.plugin_sweep, [0], args.batch_size,
                                         folder.name)["snapshots"]
                 snaps["jpeg"] = jpeg_distinct(images, args.jpeg_quality)
                 torch.save(snaps, cache)
             floor = evaluate(clean_models[k], clean_folder, folder)
-            for defense in ["none", "jpeg", *[f"T{t}" for t in args.sweep if t > 0]]:
+            for defense in ["none", "jpeg", *[f"T{t}" for t in args.plugin_sweep if t > 0]]:
                 if defense == "none":
                     defended = folder
                 else:

@@ -63,7 +63,7 @@ def section(rows: list[dict], args, works: dict[str, bool]) -> list[str]:
         lines += [f"**{attack}** ({flags}); undefended it {'works' if works.get(attack) else 'does NOT work'} "
                   "(at least 80 % success on average):", "",
                   "| defense | success % | floor % | natural acc. % |", "|---|---|---|---|"]
-        defenses = ["none", "jpeg", *[f"T{t}" for t in args.sweep if t > 0]]
+        defenses = ["none", "jpeg", *[f"T{t}" for t in args.plugin_sweep if t > 0]]
         for defense in defenses:
             label = {"none": "none", "jpeg": f"JPEG (quality {args.jpeg_quality})"}.get(defense, f"PureEBM T = {defense[1:]}")
             lines.append(f"| {label} | {cell(attack, defense, 'success_x1')} | {cell(attack, defense, 'floor_success_x1')} | "

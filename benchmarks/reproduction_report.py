@@ -89,7 +89,7 @@ def write_report(out: Path, args, results: list[dict], purified: dict, store, ro
     if picked is not None and picked != T:
         defenses.insert(3, (f"T{picked}", f"PureEBM T = {picked} (the sweep's pick)"))
     paired = [r for r in results if r["defense"] == "pureebm_poisoned"]
-    if paired:  # the same set and victim seed with the clean EBM and undefended: the gap the issue asks for
+    if paired:  # the same set and victim seed with the clean EBM and undefended: the gap between the two EBMs
         p = paired[0]
 
         def same(defense: str) -> dict | None:
@@ -188,7 +188,7 @@ def write_report(out: Path, args, results: list[dict], purified: dict, store, ro
     pairs(out, purified, store, rows_of, T)
     sweep_plot(out, sweep_rows, summary["floors"], T)
 
-    # --- the issue's targets, checked against what was measured
+    # --- the reproduction's targets, checked against what was measured
     checks = targets(summary, T)
     summary["checks"] = checks
     lines += ["", "## Targets, as measured", ""] + [f"- **{c['status']}**: {c['what']}: {c['measured']}"
@@ -350,7 +350,7 @@ def pick_t(tab: dict, floors: dict, sweep: list[int]) -> int | None:
 
 
 def removal_checks(tab: dict, floors: dict, T: int, mag: dict, works: dict, suffix: str) -> dict:
-    """The issue's removal targets at one T: Blended and Narcissus to at most 5 % (x1) within 2 points of accuracy,
+    """The removal targets at one T: Blended and Narcissus to at most 5 % (x1) within 2 points of accuracy,
     Narcissus x3 to its floor, and PureEBM against JPEG."""
     key, checks = f"T{T}", {}
     m = lambda s: 100 * s["mean"]  # noqa: E731
@@ -388,7 +388,7 @@ def removal_checks(tab: dict, floors: dict, T: int, mag: dict, works: dict, suff
 
 
 def targets(summary: dict, T: int) -> dict:
-    """The issue's targets, each with what was measured and its status: "met", "NOT met", or "not measurable" (a
+    """The reproduction's targets, each with what was measured and its status: "met", "NOT met", or "not measurable" (a
     defense cannot be shown to remove an attack that does not work undefended)."""
     tab, floors, key = summary["table"], summary["floors"], f"T{T}"
     m = lambda s: 100 * s["mean"]  # noqa: E731
