@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Literal
 
 from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser
+
+from pureebm_lightning.option_value import option_value
 
 IMPORTS = ("witches_brew", "backdoorbench", "narcissus_trigger", "just_how_toxic")
 ATTACKS_PACKAGE = "pureebm_lightning.poisoning.attacks"
@@ -15,19 +16,7 @@ def attack_named(argv: list[str]) -> str | None:
     """The attack ``argv`` asks for (``ATTACK ...`` first, ``--attack ATTACK``, or ``attack:`` in a ``--config`` YAML)."""
     if argv and not argv[0].startswith("-"):
         return argv[0]
-    for i, arg in enumerate(argv):
-        if arg == "--attack" and i + 1 < len(argv):
-            return argv[i + 1]
-        if arg.startswith("--attack="):
-            return arg.split("=", 1)[1]
-    for i, arg in enumerate(argv):
-        if arg == "--config" and i + 1 < len(argv) and Path(argv[i + 1]).is_file():
-            import yaml
-
-            loaded = yaml.safe_load(Path(argv[i + 1]).read_text())
-            if isinstance(loaded, dict) and loaded.get("attack"):
-                return str(loaded["attack"])
-    return None
+    return option_value(argv, "attack")
 
 
 def normalise(argv: list[str]) -> list[str]:

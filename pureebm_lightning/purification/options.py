@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser
+
+from pureebm_lightning.option_value import option_value
 
 #: the Trainer options purification honours (the rest of Lightning's Trainer does not apply to it)
 TRAINER_OPTIONS = {
@@ -26,19 +26,7 @@ TOP_LEVEL = {"pureebm": "--ckpt_path, --steps, --seed", "jpeg": "--jpeg_quality"
 def defense_named(argv: list[str]) -> str | None:
     """The defense ``argv`` names with ``--defense`` or a ``--config`` YAML's ``defense:`` (None: PureEBM or JPEG, from
     --ckpt_path or --jpeg_quality)."""
-    for i, arg in enumerate(argv):
-        if arg == "--defense" and i + 1 < len(argv):
-            return argv[i + 1]
-        if arg.startswith("--defense="):
-            return arg.split("=", 1)[1]
-    for i, arg in enumerate(argv):
-        if arg == "--config" and i + 1 < len(argv) and Path(argv[i + 1]).is_file():
-            import yaml
-
-            loaded = yaml.safe_load(Path(argv[i + 1]).read_text())
-            if isinstance(loaded, dict) and loaded.get("defense"):
-                return str(loaded["defense"])
-    return None
+    return option_value(argv, "defense")
 
 
 def build_parser(defense: str | None = None) -> ArgumentParser:

@@ -75,10 +75,10 @@ class PurificationRun:
         """This process's share of the blocks that still hold an image to purify."""
         return self.store.todo_blocks(self.batch_size)[rank::world]
 
-    def loader(self, rank: int = 0, world: int = 1) -> DataLoader:
-        """(uint8 images, source indices) of :meth:`blocks`, one block per batch."""
+    def loader(self, rank: int = 0, world: int = 1, blocks: list[list[int]] | None = None) -> DataLoader:
+        """(uint8 images, source indices) of ``blocks`` (default: :meth:`blocks`), one block per batch."""
         warnings.filterwarnings("ignore", message=".*custom batch sampler `BlockBatches`.*")  # it returns every index
-        return DataLoader(SourceImages(self.store.source), batch_sampler=BlockBatches(self.blocks(rank, world)),
+        return DataLoader(SourceImages(self.store.source), batch_sampler=BlockBatches(self.blocks(rank, world) if blocks is None else blocks),
                           num_workers=self.num_workers)
 
     def step(self, images: torch.Tensor, indices: torch.Tensor | list[int], rank: int = 0) -> None:
@@ -104,7 +104,7 @@ class PurificationRun:
             self.claim(strategy, overwrite, wait)
             self.defense.to(device)
             mine = self.blocks(rank, world)
-            loader = self.loader(rank, world)
+            loader = self.loader(blocks=mine)
             for images, indices in tqdm(loader, desc=f"Purifying ({self.defense.describe()})", disable=rank != 0 or not mine or not progress):
                 self.step(images.to(device), indices, rank)
             self.finish(strategy)
