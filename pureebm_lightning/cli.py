@@ -1,4 +1,4 @@
-"""The ``pureebm`` command: LightningCLI over the project's modules and data modules, plus ``poison`` and ``purify``.
+"""The ``pureebm`` command: LightningCLI over the project's modules and data modules, plus ``poison``, ``purify`` and ``evaluate``.
 
 Heavy modules (torch, Lightning) are imported only once a command runs, so ``pureebm --help`` answers at once.
 """
@@ -22,6 +22,7 @@ commands:
   predict    run a model's predict loop
   poison     make a poisoned training set (--attack NAME), or import another tool's (--import FORMAT --source PATH)
   purify     purify a poisoned training set: pureebm purify --data POISONED_DIR --ckpt_path EBM.ckpt
+  evaluate   the paper's protocol end to end (attacks, EBMs, defenses, victims, report): --config configs/evaluate/digits.yaml
 
 `pureebm COMMAND --help` lists a command's options; `pureebm fit --config configs/ebm_digits.yaml` is a start."""
 
@@ -48,10 +49,10 @@ def main(args: list[str] | None = None) -> None:
         print(HELP)
         return
     command = argv[0]
-    if command not in ("poison", "purify", *LIGHTNING_COMMANDS):
+    if command not in ("poison", "purify", "evaluate", *LIGHTNING_COMMANDS):
         raise SystemExit(f"pureebm: error: unknown command {command!r}; the commands are fit, validate, test, predict, "
-                         "poison and purify (`pureebm --help`)")
-    if command in ("poison", "purify") and any(a in ("-h", "--help") for a in argv[1:]):
+                         "poison, purify and evaluate (`pureebm --help`)")
+    if command in ("poison", "purify", "evaluate") and any(a in ("-h", "--help") for a in argv[1:]):
         _parser(command, argv[1:]).print_help()  # without torch or Lightning, unless a plug-in's options are asked for
         return
     from pureebm_lightning.runtime import quiet_lightning
@@ -66,6 +67,10 @@ def main(args: list[str] | None = None) -> None:
             from pureebm_lightning.poisoning.command import poison
 
             poison(argv[1:])
+        elif command == "evaluate":
+            from pureebm_lightning.evaluation.command import evaluate
+
+            evaluate(argv[1:])
         else:
             make_cli(args)
     except Exception as err:
@@ -80,6 +85,10 @@ def main(args: list[str] | None = None) -> None:
 
 
 def _parser(command: str, argv: list[str]):
+    if command == "evaluate":
+        from pureebm_lightning.evaluation.command import build_parser
+
+        return build_parser()
     if command == "purify":
         from pureebm_lightning.purification.options import build_parser, defense_named
 

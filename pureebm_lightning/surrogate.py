@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import copy
+import hashlib
+import random
 import warnings
 
+import numpy as np
 import torch
 from lightning.pytorch import Trainer, seed_everything
 from torch import Tensor, nn
@@ -58,7 +62,18 @@ def train_surrogate(split: Split, num_classes: int, epochs: int, seed: int, arch
                     accelerator: str = "auto", hflip: bool = False, progress: bool = True) -> ClassifierModule:
     """A classifier trained from scratch on ``split`` (SGD 0.05, momentum 0.9, steps at 2/3 and 7/8 of the
     epochs, random crops): the attacker's stand-in for the victim. Its initialisation is drawn from a seed
-    derived from ``seed``, so a victim trained with the same seed does not share it."""
+    derived from ``seed``, so a victim trained with the same seed does not share it.
+
+    Trained once per process for the same split and settings: a later call gets a copy of the same model and the
+    random state that training left, so its results do not depend on whether the model came from the memo."""
+    key = (hashlib.sha1(split.images.numpy().tobytes() + split.labels.numpy().tobytes()).hexdigest(), num_classes,
+           epochs, seed, arch, accelerator, hflip)
+    if key in _TRAINED:
+        module, state = _TRAINED[key]
+        torch.set_rng_state(state[0])
+        np.random.set_state(state[1])
+        random.setstate(state[2])
+        return copy.deepcopy(module)
     seed_everything((10_007 * seed + 1) % 2**32, verbose=False)
     channels = split.images.shape[1]
     milestones = [max(1, int(epochs * 2 / 3)), max(1, int(epochs * 7 / 8))]
@@ -68,7 +83,13 @@ def train_surrogate(split: Split, num_classes: int, epochs: int, seed: int, arch
         optimizer=lambda p: torch.optim.SGD(p, lr=0.05, momentum=0.9, weight_decay=5e-4),
         lr_scheduler=lambda o: torch.optim.lr_scheduler.MultiStepLR(o, milestones, 0.1),
     )
-    return fit(module, split, epochs, accelerator, hflip, progress)
+    module = fit(module, split, epochs, accelerator, hflip, progress)
+    _TRAINED.clear()  # one model kept: scenarios that share a surrogate come one after another
+    _TRAINED[key] = (copy.deepcopy(module), (torch.get_rng_state(), np.random.get_state(), random.getstate()))
+    return module
+
+
+_TRAINED: dict[tuple, tuple[ClassifierModule, tuple]] = {}
 
 
 def crop_padding(shape: tuple[int, ...]) -> int:

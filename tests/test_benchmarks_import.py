@@ -1,4 +1,4 @@
-"""Every benchmark script imports (a moved module or a renamed name fails here, not when someone runs it)."""
+"""Every benchmark and study script imports (a moved module or a renamed name fails here, not when someone runs it)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ import pytest
 
 from .conftest import ROOT
 
-SCRIPTS = sorted((ROOT / "benchmarks").glob("*.py"))
+SCRIPTS = sorted([*(ROOT / "benchmarks").glob("*.py"), *(ROOT / "studies").glob("*.py")])
 
 
 def test_the_benchmarks_are_found():
-    assert {"digits_reproduction.py", "purify_throughput.py", "sampler_throughput.py"} <= {p.name for p in SCRIPTS}
+    assert {"purify_throughput.py", "sampler_throughput.py", "attack_success.py"} <= {p.name for p in SCRIPTS}
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=lambda p: p.name)

@@ -72,15 +72,16 @@ class PoisonedSetDataModule(LightningDataModule):
             on clean data at the attack's spec to measure the poison-success floor (docs/method.md).
         magnification: test-time trigger magnification, replacing the spec's (PureGen: 1, Narcissus: 3).
         batch_size, num_workers: for every loader.
+        in_memory: decode every training image once and keep them in memory (small sets: faster epochs).
     """
 
     def __init__(self, data: str, test_data: str | None = None, crop_padding: int = 4, hflip: bool = True,
                  poison_spec: str | None = None, magnification: float | None = None,
-                 batch_size: int = 128, num_workers: int = 0) -> None:
+                 batch_size: int = 128, num_workers: int = 0, in_memory: bool = False) -> None:
         super().__init__()
         self.data, self.test_data, self.crop_padding, self.hflip = data, test_data, crop_padding, hflip
         self.poison_spec, self.magnification = poison_spec, magnification
-        self.batch_size, self.num_workers = batch_size, num_workers
+        self.batch_size, self.num_workers, self.in_memory = batch_size, num_workers, in_memory
         self.source: PoisonedSource | None = None
         self.train_set: Dataset | None = None
         self.test_set: Dataset | None = None
@@ -113,7 +114,10 @@ class PoisonedSetDataModule(LightningDataModule):
             if manifest.is_file() and json.loads(manifest.read_text()).get("complete") is False:
                 raise FileNotFoundError(f"{self.source.root} is an unfinished purify output: run the same `pureebm purify` again to finish it")
         if stage in (None, "fit") and self.train_set is None:  # `pureebm test` needs no training images
-            self.train_set = LabelledImages(self.training_images(self.source), self.source.labels, self._augment(self.source.shape))
+            load = self.training_images(self.source)
+            if self.in_memory:
+                load = [load(i) for i in range(len(self.source.labels))].__getitem__
+            self.train_set = LabelledImages(load, self.source.labels, self._augment(self.source.shape))
         if self.test_set is not None:
             return
         beside = self.source.split == "train" or self.source.kind == "numpy"

@@ -129,6 +129,7 @@ def craft(objective: GradientMatching, x: Tensor, y: Tensor, epsilon: int, steps
 def gradient_matching(clean: CleanData, budget: float = 0.01, epsilon: int = 8, steps: int = 240, restarts: int = 8,
                       step_size: float = 6.0, surrogate_epochs: int = 30, seed: int = 0, target_id: int | None = None,
                       intended_class: int | None = None, surrogate_arch: Literal["auto", "small_cnn", "resnet18", "resnet34", "mobilenet_v2", "densenet121"] = "auto",
+                      surrogate_seed: int | None = None,
                       accelerator: str = "auto", hflip: bool = False, progress: bool = True) -> Poisoning:
     """Gradient Matching (Witches' Brew), clean-label targeted poisoning.
 
@@ -146,6 +147,8 @@ def gradient_matching(clean: CleanData, budget: float = 0.01, epsilon: int = 8, 
         intended_class: the class the target should take (default: drawn).
         surrogate_epochs: epochs of the attacker's surrogate classifier.
         surrogate_arch: the surrogate's network (auto: SmallCNN up to 16x16 images, ResNet-18 above).
+        surrogate_seed: seed of the surrogate's training (default: ``seed``); scenarios that share it share one
+            surrogate, trained once per process.
         hflip: augment with horizontal flips as the victim does (pass it for CIFAR; digits are not mirror-symmetric).
         seed: seed of every random choice.
         accelerator: device of the surrogate and the optimisation (cpu, gpu, auto).
@@ -158,7 +161,7 @@ def gradient_matching(clean: CleanData, budget: float = 0.01, epsilon: int = 8, 
     row, intended_class = pick_target(clean, generator, target_id, intended_class)
     train = clean.train
     rows = choose_rows(train.labels, poison_count(budget, len(train)), generator, of_class=intended_class)
-    model = train_surrogate(train, len(clean.classes), surrogate_epochs, seed, surrogate_arch, accelerator, hflip, progress)
+    model = train_surrogate(train, len(clean.classes), surrogate_epochs, seed if surrogate_seed is None else surrogate_seed, surrogate_arch, accelerator, hflip, progress)
     objective = GradientMatching(model, to_signed_unit(clean.test.images[row]), intended_class)
     x, y = to_signed_unit(train.images[rows]), train.labels[rows]
     steps_255, histories, finals = craft(objective, x, y, epsilon, steps, restarts, step_size, hflip=hflip,

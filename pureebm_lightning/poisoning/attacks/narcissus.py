@@ -87,6 +87,7 @@ def add_trigger(clean: CleanData, target_class: int, budget: float, trigger_step
 def narcissus(clean: CleanData, target_class: int = 0, budget: float = 0.01, epsilon: int = 8, steps: int = 500,
               lr: float = 0.01, surrogate_epochs: int = 30, warmup_epochs: int = 0, warmup_lr: float = 0.1,
               magnification: float = 1.0, seed: int = 0, surrogate_arch: Literal["auto", "small_cnn", "resnet18", "resnet34", "mobilenet_v2", "densenet121"] = "auto",
+              surrogate_seed: int | None = None,
               accelerator: str = "auto", hflip: bool = False, progress: bool = True) -> Poisoning:
     """Narcissus, a clean-label backdoor with a trigger optimised on a surrogate.
 
@@ -109,6 +110,8 @@ def narcissus(clean: CleanData, target_class: int = 0, budget: float = 0.01, eps
         magnification: test-time multiplier of the trigger recorded in poison.json (PureGen: 1, Narcissus' paper: 3).
         surrogate_epochs: epochs of the attacker's surrogate classifier.
         surrogate_arch: the surrogate's network (auto: SmallCNN up to 16x16 images, ResNet-18 above).
+        surrogate_seed: seed of the surrogate's training (default: ``seed``); scenarios that share it share one
+            surrogate, trained once per process.
         hflip: augment with horizontal flips as the victim does (pass it for CIFAR; digits are not mirror-symmetric).
         seed: seed of every random choice.
         accelerator: device of the surrogate and the optimisation (cpu, gpu, auto).
@@ -121,7 +124,7 @@ def narcissus(clean: CleanData, target_class: int = 0, budget: float = 0.01, eps
     mine = [split.subset(split.labels == target_class) for split in (clean.pool, train)]
     known = Split(*(torch.cat(parts) for parts in zip(*((s.images, s.labels, s.ids) for s in mine))))
     check_optimisation(epsilon, steps, surrogate_epochs)
-    model = train_surrogate(clean.pool, len(clean.classes), surrogate_epochs, seed, surrogate_arch, accelerator, hflip, progress)
+    model = train_surrogate(clean.pool, len(clean.classes), surrogate_epochs, seed if surrogate_seed is None else surrogate_seed, surrogate_arch, accelerator, hflip, progress)
     if warmup_epochs > 0:
         model.optimizer_factory, model.scheduler_factory = (lambda p: torch.optim.RAdam(p, lr=warmup_lr)), None
         fit(model, known, warmup_epochs, accelerator, hflip, progress)

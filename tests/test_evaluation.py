@@ -1,4 +1,5 @@
-"""benchmarks/digits_reproduction.py: its pieces (the T sweep is Psi_T, statistics) and its --quick run end to end."""
+"""`pureebm evaluate`: its pieces (data, defense objects, the T sweep is Psi_T, statistics, checks), its configs, and
+its --quick runs end to end (digits; the two CIFAR-10 configs on a CIFAR-shaped folder the test writes)."""
 
 from __future__ import annotations
 
@@ -6,17 +7,16 @@ import json
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 from pureebm_lightning import ConvNetEnergy, LangevinSampler, Purifier
+from pureebm_lightning.evaluation.purified_sets import DistinctImages, purify_distinct
+from pureebm_lightning.evaluation.report import counts, stats, targets
 
 from .conftest import ROOT
-
-sys.path.insert(0, str(ROOT / "benchmarks"))
-from digits_reproduction import DistinctImages, purify_distinct  # noqa: E402
-from reproduction_report import counts, stats, targets  # noqa: E402
 
 
 def test_sweep_snapshots_are_the_purifications_at_each_T():
@@ -93,10 +93,11 @@ def test_target_checks_tell_met_from_not_met_and_not_measurable():
 
 
 @pytest.mark.slow
-def test_quick_reproduction_writes_its_report_and_resumes(tmp_path):
+def test_quick_digits_evaluation_writes_its_report_and_resumes(tmp_path):
     """The --quick run: every file, numbers in range, the protocol's split; a rerun reuses every finished piece."""
     out = tmp_path / "repro"
-    cmd = [sys.executable, str(ROOT / "benchmarks/digits_reproduction.py"), "--out", str(out), "--quick"]
+    cmd = [sys.executable, "-m", "pureebm_lightning", "evaluate", "--config", str(ROOT / "configs/evaluate/digits.yaml"),
+           "--out", str(out), "--quick"]
     subprocess.run(cmd, check=True, cwd=tmp_path, capture_output=True, text=True)
     for name in ("results.md", "results.json", "results.csv", "victims.jsonl"):
         assert (out / name).stat().st_size > 0
@@ -153,9 +154,133 @@ def test_quick_reproduction_writes_its_report_and_resumes(tmp_path):
     assert (out / "results.md").is_file()
 
     # a changed defense setting is never served from the caches: new JPEG (and PureEBM) sets and victims, same poisons
-    changed = subprocess.run(cmd + ["--jpeg_quality", "50"], check=True, cwd=tmp_path, capture_output=True, text=True)
+    changed = subprocess.run(cmd + ["--defenses.jpeg_quality", "50"], check=True, cwd=tmp_path, capture_output=True, text=True)
     assert "Wrote" not in changed.stdout and "EBM " not in changed.stdout
     rows = [json.loads(line) for line in (out / "victims.jsonl").read_text().splitlines()]
     jpeg_sets = {tuple(row["key"].split("|")[:3]) for row in rows if row["defense"] == "jpeg"}
     assert len(rows) > len(lines) and len(jpeg_sets) == 6 * 2  # (3 triggered + 2 GM sets + WaNet) x 2 qualities
-    assert json.loads((out / "results.json").read_text())["settings"]["jpeg_quality"] == 50
+    assert json.loads((out / "results.json").read_text())["settings"]["defenses"]["jpeg_quality"] == 50
+
+
+# ---------------------------------------------------------------------------------------------- data, settings, objects
+CIFAR_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def write_cifar_shaped(root: Path, per_class: int, test_per_class: int, size: int = 32) -> Path:
+    """A folder in the layout of the CIFAR-10 JPEG copy (train/<class>/NNNN.jpg, test/<class>/NNNN.jpg, numbers
+    counted within each class) holding real images: the bundled digits, as RGB JPEGs at ``size``."""
+    from PIL import Image
+
+    from pureebm_lightning.bundled_digits import digits_images
+
+    x, y = digits_images(size, rgb=True)
+    pixels = ((x + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+    for split, count, offset in (("train", per_class, 0), ("test", test_per_class, per_class)):
+        for label, name in enumerate(CIFAR_CLASSES):
+            rows = torch.nonzero(y == label).flatten()[offset : offset + count]
+            (root / split / name).mkdir(parents=True, exist_ok=True)
+            for n, row in enumerate(rows.tolist()):
+                Image.fromarray(pixels[row]).save(root / split / name / f"{n:04d}.jpg", quality=75)
+    return root
+
+
+def test_evaluation_data_writes_a_stated_subset_and_size_once(tmp_path):
+    from pureebm_lightning.evaluation.dataset import EvaluationData
+    from pureebm_lightning.sources import open_source
+
+    root = write_cifar_shaped(tmp_path / "cifar", per_class=12, test_per_class=5)
+    data = EvaluationData(root=str(root), image_size=16, train_per_class=8, test_per_class=3, grayscale=False)
+    made = Path(data.prepare(tmp_path / "out"))
+    train, test = open_source(made / "train"), open_source(made / "test")
+    assert len(train) == 80 and len(test) == 30 and train.classes == CIFAR_CLASSES
+    assert tuple(train.load(0).shape) == (3, 16, 16) and train.load(0).dtype == torch.uint8
+    assert [train.labels.count(c) for c in range(10)] == [8] * 10
+    stems = [int(Path(k).stem) for k in train.keys]
+    assert len(set(stems)) == 80 and max(stems) < 120  # named by their position in the root's training split
+    assert json.loads((made / "dataset.json").read_text())["images"] == {"train": 80, "test": 30}
+    again = EvaluationData(root=str(root), image_size=16, train_per_class=8, test_per_class=3, grayscale=False)
+    assert again.prepare(tmp_path / "out") == str(made)  # reused, not rewritten
+    with pytest.raises(ValueError, match="other data settings"):
+        EvaluationData(root=str(root), image_size=8, train_per_class=8, test_per_class=3, grayscale=False).prepare(tmp_path / "out")
+    with pytest.raises(ValueError, match="fewer than 20 per class"):
+        EvaluationData(root=str(root), train_per_class=20, grayscale=False).prepare(tmp_path / "other")
+    assert EvaluationData().prepare(tmp_path / "digits") == "digits" and EvaluationData().poison_flags("digits") == []
+    assert data.poison_flags(str(made)) == ["--data", str(made), "--holdout", "0.2"]
+
+
+def test_defense_objects_carry_their_settings_and_labels():
+    from pureebm_lightning.evaluation.defenses import JPEGDefense, NoDefense, PureEBMDefense
+
+    assert (NoDefense().label, NoDefense().steps) == ("none", 0)
+    assert (JPEGDefense(75).label, JPEGDefense(75).quality, JPEGDefense(75).steps) == ("jpeg", 75, 0)
+    assert (PureEBMDefense(150).label, PureEBMDefense(150).steps) == ("T150", 150)
+    assert PureEBMDefense(150, "poisoned", main=True).label == "pureebm_poisoned"
+    assert PureEBMDefense(300, "poisoned").label == "pureebm_poisoned_T300"
+    assert PureEBMDefense(150) != PureEBMDefense(150, "poisoned") and JPEGDefense(75) != JPEGDefense(50)
+
+
+def test_settings_resolve_quick_and_refuse_a_main_T_outside_the_sweep():
+    from pureebm_lightning.evaluation.command import settings
+
+    quick = settings(["--config", str(ROOT / "configs/evaluate/digits.yaml"), "--quick"]).resolved()
+    assert quick.defenses.sweep == [0, 10, 20] and quick.attacks.target_classes == [0] and quick.ebm.steps == 12
+    assert quick.plugins.sweep == [0, 10, 20]
+    full = settings(["--config", str(ROOT / "configs/evaluate/digits.yaml"), "--defenses.sweep", "[150, 0, 25]"]).resolved()
+    assert full.defenses.sweep == [0, 25, 150] and full.attacks.gm_targets == 30
+    with pytest.raises(ValueError, match="defenses.T 150 must be one of"):
+        settings(["--defenses.sweep", "[0, 10]"]).resolved()
+
+
+@pytest.mark.parametrize("name", ["digits", "cifar10_cpu", "cifar10_paper"])
+def test_evaluate_configs_parse(name, capsys):
+    from pureebm_lightning.cli import main
+
+    with pytest.raises(SystemExit) as end:
+        main(["evaluate", "--config", str(ROOT / f"configs/evaluate/{name}.yaml"), "--print_config"])
+    assert end.value.code in (0, None)
+    printed = capsys.readouterr().out
+    assert "defenses:" in printed and "T: 150" in printed
+    for path in [line.split(":", 1)[1].strip() for line in printed.splitlines() if line.strip().startswith("config: configs/")]:
+        assert (ROOT / path).is_file(), path
+
+
+def cifar_quick(tmp_path: Path, config: str, *extra: str) -> dict:
+    root = write_cifar_shaped(tmp_path / "cifar", per_class=20, test_per_class=6)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "pureebm_lightning", "evaluate", "--config", str(ROOT / f"configs/evaluate/{config}.yaml"),
+           "--out", str(out), "--quick", "--data.root", str(root), "--data.train_per_class", "20", "--data.test_per_class", "6",
+           "--attacks.narcissus_steps", "5", "--attacks.surrogate_epochs", "1", *extra]
+    done = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for name in ("results.md", "results.json", "sweep.png", "chain_curves.png", "pairs.png"):
+        assert (out / name).stat().st_size > 0
+    return json.loads((out / "results.json").read_text())
+
+
+@pytest.mark.slow
+def test_cifar10_cpu_quick_runs_on_a_cifar_shaped_folder(tmp_path):
+    summary = cifar_quick(tmp_path, "cifar10_cpu")
+    facts = summary["facts"]
+    assert (facts["victim_images"], facts["holdout_images"], facts["test_images"]) == (120, 80, 60)
+    assert summary["settings"]["data"]["image_size"] == 16 and summary["table"]["badnets"]["none"]["success_x1"]["n"] == 1
+    assert summary["table"]["blended"]["pureebm_poisoned"]["success_x1"]["n"] == 1
+    assert [r["T"] for r in summary["poisoned_ebm"]["by_T"]] == [10]  # poisoned_ebm_sweep: false
+    held_out = {p.stem for p in (tmp_path / "out/data/ebm_holdout/train").rglob("*.png")}
+    victim = {p.stem for p in next((tmp_path / "out/data").glob("clean-*")).joinpath("train").rglob("*.png")}
+    assert len(held_out) == 80 and not held_out & victim
+
+
+@pytest.mark.slow
+def test_cifar10_paper_quick_runs_on_a_cifar_shaped_folder(tmp_path):
+    """The paper's config with its own EBM and attacker data (a CINIC-shaped stand-in), nets shrunk for a CPU test."""
+    cinic = write_cifar_shaped(tmp_path / "cinic", per_class=4, test_per_class=0) / "train"
+    summary = cifar_quick(
+        tmp_path, "cifar10_paper", "--data.attacker_data", str(cinic), "--ebm.data", str(cinic), "--ebm.batch_size", "8",
+        "--ebm.args", '["--model.init_args.energy_net.init_args.num_filters=8", "--model.init_args.sampler.init_args.n_steps=5", '
+        '"--model.init_args.bank_size=16", "--trainer.accelerator=cpu"]',
+        "--victim.args", '["--model.init_args.net.init_args.arch=resnet18", "--trainer.accelerator=cpu", "--data.init_args.batch_size=64"]',
+        "--attacks.target_classes", "[0]", "--attacks.gm_restarts", "1", "--victim.epochs", "1")
+    facts = summary["facts"]
+    assert (facts["victim_images"], facts["holdout_images"], facts["test_images"]) == (200, 40, 60)  # holdout 0: every image
+    assert summary["settings"]["victim"]["configs"] == ["configs/classifier.yaml"]
+    assert "ebm_data" in facts["ebm_checkpoints"]["clean"] or "clean_ebm_data" in facts["ebm_checkpoints"]["clean"]

@@ -1,6 +1,6 @@
 """Does purification wash out a small perturbation? The paper's criterion for T, on held-out digits.
 
-    python benchmarks/purify_distance.py --ckpt runs/ebm_digits/checkpoints/last.ckpt
+    python studies/purify_distance.py --ckpt runs/ebm_digits/checkpoints/last.ckpt
 
 Takes the digits test split (configs/ebm_digits.yaml's split), adds a random +-16/255 sign perturbation
 on the 8-bit grid (a stand-in for a poison), purifies clean and perturbed copies for each T, and prints

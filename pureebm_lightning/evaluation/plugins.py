@@ -1,11 +1,11 @@
-"""The reproduction's plug-in stage: attacks and defenses taken from the registries by name, measured with the
+"""The evaluation's plug-in stage: attacks and defenses taken from the registries by name, measured with the
 same victims, floors and statistics as the main table, and reported in their own section of results.md (the
 main table's sets, purifications and victims are untouched, so its numbers do not move).
 
-- Each attack of ``--plugin_attacks`` (default: WaNet) runs once per target class with its signature's
-  defaults (``--plugin_attack_args NAME:--option=value`` overrides one), is purified by the clean EBM at every T
+- Each attack of ``plugins.attacks`` (default: WaNet) runs once per target class with its signature's
+  defaults (``plugins.attack_args: [NAME:--option=value]`` overrides one), is purified by the clean EBM at every T
   of the sweep (its own cache; the same Psi_T) and JPEG, and gets victims for none, JPEG and every T.
-- Each defense of ``--plugin_defenses`` (default: Friendly Noise) runs against every triggered attack that works
+- Each defense of ``plugins.defenses`` (default: Friendly Noise) runs against every triggered attack that works
   undefended (success at least 80 % on average), through the same loop as ``pureebm purify``.
 """
 
@@ -24,9 +24,9 @@ from pureebm_lightning.purification.run import PurificationRun
 from pureebm_lightning.sources import open_source
 
 
-def attack_flags(args, attack: str) -> list[str]:
-    """``--plugin_attack_args`` entries for ``attack`` (``NAME:--option=value``) as poison options."""
-    return [entry.split(":", 1)[1] for entry in args.plugin_attack_args if entry.split(":", 1)[0] == attack]
+def attack_flags(cfg, attack: str) -> list[str]:
+    """``plugins.attack_args`` entries for ``attack`` (``NAME:--option=value``) as poison options."""
+    return [entry.split(":", 1)[1] for entry in cfg.plugins.attack_args if entry.split(":", 1)[0] == attack]
 
 
 def defended_by_plugin(name: str, folder: Path, out: Path, batch_size: int) -> tuple[Path, dict]:
@@ -43,7 +43,7 @@ def defended_by_plugin(name: str, folder: Path, out: Path, batch_size: int) -> t
     return dest, defense.settings()
 
 
-def section(rows: list[dict], args, works: dict[str, bool]) -> list[str]:
+def section(rows: list[dict], cfg, works: dict[str, bool]) -> list[str]:
     """results.md lines: each plug-in attack by defense, and each plug-in defense against the attacks that work."""
 
     def stat(values: list[float]) -> str:
@@ -56,34 +56,34 @@ def section(rows: list[dict], args, works: dict[str, bool]) -> list[str]:
     lines = ["", "## Attacks and defenses added through the registries", "",
              "Attacks and defenses taken from the registries by name (`pureebm poison NAME`, `pureebm purify --defense NAME`), "
              "with their published defaults unless stated, measured as above (means ± standard deviation over target "
-             f"classes {', '.join(map(str, args.target_classes))}; floor: the same clean-trained models).", ""]
+             f"classes {', '.join(map(str, cfg.attacks.target_classes))}; floor: the same clean-trained models).", ""]
     attacks = sorted({r["attack"] for r in rows if r.get("stage") == "plugin_attack"})
     for attack in attacks:
-        flags = " ".join(attack_flags(args, attack)) or "the signature's defaults"
+        flags = " ".join(attack_flags(cfg, attack)) or "the signature's defaults"
         lines += [f"**{attack}** ({flags}); undefended it {'works' if works.get(attack) else 'does NOT work'} "
                   "(at least 80 % success on average):", "",
                   "| defense | success % | floor % | natural acc. % |", "|---|---|---|---|"]
-        defenses = ["none", "jpeg", *[f"T{t}" for t in args.plugin_sweep if t > 0]]
+        defenses = ["none", "jpeg", *[f"T{t}" for t in cfg.plugins.sweep if t > 0]]
         for defense in defenses:
-            label = {"none": "none", "jpeg": f"JPEG (quality {args.jpeg_quality})"}.get(defense, f"PureEBM T = {defense[1:]}")
+            label = {"none": "none", "jpeg": f"JPEG (quality {cfg.defenses.jpeg_quality})"}.get(defense, f"PureEBM T = {defense[1:]}")
             lines.append(f"| {label} | {cell(attack, defense, 'success_x1')} | {cell(attack, defense, 'floor_success_x1')} | "
                          f"{cell(attack, defense, 'natural')} |")
         lines.append("")
     for defense in sorted({r["defense"] for r in rows if r.get("stage") == "plugin_defense"}):
         lines += [f"**{defense}** (its defaults) against the triggered attacks that work undefended:", "",
                   "| attack | none: success % | none: nat. % | " + f"{defense}: success % | {defense}: nat. % | "
-                  f"PureEBM T = {args.T}: success % | PureEBM T = {args.T}: nat. % | floor % |", "|---|---|---|---|---|---|---|---|"]
+                  f"PureEBM T = {cfg.defenses.T}: success % | PureEBM T = {cfg.defenses.T}: nat. % | floor % |", "|---|---|---|---|---|---|---|---|"]
         for attack in sorted({r["attack"] for r in rows if r["defense"] == defense}):
             lines.append(f"| {attack} | {cell(attack, 'none', 'success_x1')} | {cell(attack, 'none', 'natural')} | "
                          f"{cell(attack, defense, 'success_x1')} | {cell(attack, defense, 'natural')} | "
-                         f"{cell(attack, f'T{args.T}', 'success_x1')} | {cell(attack, f'T{args.T}', 'natural')} | "
+                         f"{cell(attack, f'T{cfg.defenses.T}', 'success_x1')} | {cell(attack, f'T{cfg.defenses.T}', 'natural')} | "
                          f"{cell(attack, defense, 'floor_success_x1')} |")
         lines.append("")
     return lines
 
 
-def write(out: Path, rows: list[dict], args, works: dict[str, bool]) -> None:
+def write(out: Path, rows: list[dict], cfg, works: dict[str, bool]) -> None:
     """Append the section to results.md and keep the rows in plugins.json."""
     (out / "plugins.json").write_text(json.dumps(rows, indent=1))
     with open(out / "results.md", "a") as f:
-        f.write("\n".join(section(rows, args, works)) + "\n")
+        f.write("\n".join(section(rows, cfg, works)) + "\n")

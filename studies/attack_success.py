@@ -6,8 +6,8 @@ natural accuracy and poison success (x1, and x3 for Narcissus). Gradient Matchin
 one victim per target; success is k/n targets with a Wilson interval. The floor: one model trained on the
 same split unpoisoned (`--attack none`), tested against every attack's trigger or targets.
 
-    python benchmarks/attack_success.py --out runs/attack_success            # about 15 minutes on 2 CPU cores
-    python benchmarks/attack_success.py --out /tmp/a --quick                  # one budget each, 2 GM targets
+    python studies/attack_success.py --out runs/attack_success            # about 15 minutes on 2 CPU cores
+    python studies/attack_success.py --out /tmp/a --quick                  # one budget each, 2 GM targets
 
 Writes <out>/attack_success.md and .csv.
 """
