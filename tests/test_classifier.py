@@ -86,3 +86,19 @@ def test_test_labels_follow_class_names_when_the_test_split_lacks_a_class(tmp_pa
     dm.setup()
     assert dm.train_set.labels == [0, 1, 2]
     assert dm.test_set.labels == [1, 2]  # bee and cat keep their training indices
+
+
+def test_in_memory_training_images_are_the_images_on_disk(tmp_path):
+    from pureebm_lightning.data import PoisonedSetDataModule
+
+    from .conftest import write_digit_folder
+
+    write_digit_folder(tmp_path, count=30, rgb=True)
+    on_disk = PoisonedSetDataModule(str(tmp_path), crop_padding=0, hflip=False)
+    cached = PoisonedSetDataModule(str(tmp_path), crop_padding=0, hflip=False, in_memory=True)
+    for dm in (on_disk, cached):
+        dm.setup("fit")
+    assert len(cached.train_set) == 30
+    for i in range(30):
+        a, b = on_disk.train_set[i], cached.train_set[i]
+        assert torch.equal(a[0], b[0]) and a[1:] == b[1:]

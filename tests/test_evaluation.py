@@ -278,9 +278,10 @@ def test_cifar10_paper_quick_runs_on_a_cifar_shaped_folder(tmp_path):
         tmp_path, "cifar10_paper", "--data.attacker_data", str(cinic), "--ebm.data", str(cinic), "--ebm.batch_size", "8",
         "--ebm.args", '["--model.init_args.energy_net.init_args.num_filters=8", "--model.init_args.sampler.init_args.n_steps=5", '
         '"--model.init_args.bank_size=16", "--trainer.accelerator=cpu"]',
-        "--victim.args", '["--model.init_args.net.init_args.arch=resnet18", "--trainer.accelerator=cpu", "--data.init_args.batch_size=64"]',
-        "--attacks.target_classes", "[0]", "--attacks.gm_restarts", "1", "--victim.epochs", "1")
+        "--victim.args", '["--trainer.accelerator=cpu", "--data.init_args.num_workers=0", "--data.init_args.batch_size=100"]',
+        "--attacks.gm_targets", "1", "--attacks.gm_steps", "2", "--victim.epochs", "1")
     facts = summary["facts"]
     assert (facts["victim_images"], facts["holdout_images"], facts["test_images"]) == (200, 40, 60)  # holdout 0: every image
     assert summary["settings"]["victim"]["configs"] == ["configs/classifier.yaml"]
-    assert "ebm_data" in facts["ebm_checkpoints"]["clean"] or "clean_ebm_data" in facts["ebm_checkpoints"]["clean"]
+    assert "clean_ebm_data" in facts["ebm_checkpoints"]["clean"]  # trained on ebm.data, not on a holdout
+    assert summary["table"]["gradient_matching"]["none"]["targets"] == 1 and summary["settings"]["victim"]["epochs"] == 1

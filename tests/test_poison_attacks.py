@@ -268,3 +268,33 @@ def test_a_poisoned_folder_goes_through_purify_and_keeps_its_attack(tmp_path, gr
     dm.setup("fit")
     assert dm.describe()["defense"] == "PureEBM T=2" and dm.describe()["attack"] == "badnets x1"
     assert len(dm.poison_test_set) == sum(1 for p in (purified / "test").rglob("*.png") if p.parent.name != "0")
+
+
+def test_a_surrogate_is_trained_once_per_process_for_the_same_data_and_settings():
+    """The memo returns a copy of the same model and leaves the random state that training left, so an attack's
+    result does not depend on whether its surrogate was trained or remembered; other settings train again."""
+    from pureebm_lightning import surrogate
+    from pureebm_lightning.bundled_digits import digits_images
+    from pureebm_lightning.images import to_uint8
+    from pureebm_lightning.splits import Split
+
+    x, y = digits_images(8)
+    split = Split(to_uint8(x[:64]), y[:64], torch.arange(64))
+
+    def weights(module):
+        return [t.clone() for t in module.state_dict().values()]
+
+    surrogate._TRAINED.clear()
+    trained = surrogate.train_surrogate(split, 10, 1, seed=3, accelerator="cpu", progress=False)
+    after_training = torch.rand(4)
+    remembered = surrogate.train_surrogate(split, 10, 1, seed=3, accelerator="cpu", progress=False)
+    after_memo = torch.rand(4)
+    assert remembered is not trained and all(torch.equal(a, b) for a, b in zip(weights(trained), weights(remembered)))
+    assert torch.equal(after_training, after_memo)
+    for p in remembered.parameters():  # a copy: changing it (Narcissus' warm-up does) leaves the memo alone
+        p.data.add_(1.0)
+    again = surrogate.train_surrogate(split, 10, 1, seed=3, accelerator="cpu", progress=False)
+    assert all(torch.equal(a, b) for a, b in zip(weights(trained), weights(again)))
+    other = surrogate.train_surrogate(split, 10, 1, seed=4, accelerator="cpu", progress=False)
+    assert not all(torch.equal(a, b) for a, b in zip(weights(trained), weights(other)))
+    surrogate._TRAINED.clear()
