@@ -10,12 +10,15 @@ per second (images x Langevin steps / wall seconds):
 - ``bare autograd``: the minimal loop, ``grad = torch.autograd.grad(E(x).sum(), x)`` and a fresh tensor per step;
 - ``param grads``: the same step through ``E(x).sum().backward()``, which also forms every parameter
   gradient (what a sampler that does not restrict the backward pass pays).
+- ``sampler channels-last`` (with ``--channels-last``): the sampler with the network's weights and the chains in
+  channels-last layout (a copy of the network; the same computation in another memory order).
 Ratios, not absolute times, are the result: sampler / bare autograd should be >= 0.95.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import os
 import statistics
 import time
@@ -53,6 +56,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--repeats", type=int, default=12)
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--channels-last", action="store_true", help="also time the sampler in channels-last layout")
     args = p.parse_args()
 
     torch.manual_seed(0)
@@ -69,6 +73,12 @@ def main() -> None:
         "bare autograd": lambda: bare_autograd(net, x, args.steps, sampler.drift, sampler.step_size),
         "param grads": lambda: with_param_grads(net, x, args.steps, sampler.drift, sampler.step_size),
     }
+    if args.channels_last:
+        net_cl = copy.deepcopy(net).to(memory_format=torch.channels_last)
+        sampler_cl = LangevinSampler(n_steps=args.steps)
+        sampler_cl.memory_format = torch.channels_last
+        x_cl = x.contiguous(memory_format=torch.channels_last)
+        loops["sampler channels-last"] = lambda: sampler_cl.sample(net_cl, x_cl)
     for fn in loops.values():  # warm-up
         fn()
     times: dict[str, list[float]] = {name: [] for name in loops}
@@ -86,11 +96,13 @@ def main() -> None:
     print(f"{type(net).__name__}, {args.batch} x {args.channels}x{args.image_size}x{args.image_size}, {args.steps} steps, "
           f"{args.repeats} interleaved repeats, {args.threads} threads, load average {load:.2f}, torch {torch.__version__}")
     for name, r in rate.items():
-        print(f"  {name:<14} {r:10.0f} image-steps/s")
+        print(f"  {name:<22} {r:10.0f} image-steps/s")
     print(f"  sampler / bare autograd:          {rate['sampler'] / rate['bare autograd']:.3f}  (target >= 0.95)")
     print(f"  sampler+norm / bare autograd:     {rate['sampler+norm'] / rate['bare autograd']:.3f}")
     print(f"  bare autograd / with param grads: {rate['bare autograd'] / rate['param grads']:.3f}  "
           "(the saving from skipping parameter gradients)")
+    if args.channels_last:
+        print(f"  sampler channels-last / sampler:  {rate['sampler channels-last'] / rate['sampler']:.3f}  (> 1: channels-last is faster)")
 
 
 if __name__ == "__main__":
