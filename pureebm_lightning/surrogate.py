@@ -66,8 +66,9 @@ def train_surrogate(split: Split, num_classes: int, epochs: int, seed: int, arch
 
     Trained once per process for the same split and settings: a later call gets a copy of the same model and the
     random state that training left, so its results do not depend on whether the model came from the memo."""
-    key = (hashlib.sha1(split.images.numpy().tobytes() + split.labels.numpy().tobytes()).hexdigest(), num_classes,
-           epochs, seed, arch, accelerator, hflip)
+    digest = hashlib.sha1(split.images.numpy().tobytes())
+    digest.update(split.labels.numpy().tobytes())
+    key = (digest.hexdigest(), tuple(split.images.shape), num_classes, epochs, seed, arch, accelerator, hflip)
     if key in _TRAINED:
         module, state = _TRAINED[key]
         torch.set_rng_state(state[0])

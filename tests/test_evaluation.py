@@ -281,7 +281,7 @@ def test_cifar10_paper_quick_runs_on_a_cifar_shaped_folder(tmp_path):
         "--victim.args", '["--trainer.accelerator=cpu", "--data.init_args.num_workers=0", "--data.init_args.batch_size=100"]',
         "--attacks.gm_targets", "1", "--attacks.gm_steps", "2", "--victim.epochs", "1")
     facts = summary["facts"]
-    assert (facts["victim_images"], facts["holdout_images"], facts["test_images"]) == (200, 40, 60)  # holdout 0: every image
+    assert (facts["victim_images"], facts["holdout_images"], facts["ebm_images"], facts["test_images"]) == (200, 0, 40, 60)
     assert summary["settings"]["victim"]["configs"] == ["configs/classifier.yaml"]
     assert "clean_ebm_data" in facts["ebm_checkpoints"]["clean"]  # trained on ebm.data, not on a holdout
     assert summary["table"]["gradient_matching"]["none"]["targets"] == 1 and summary["settings"]["victim"]["epochs"] == 1

@@ -27,7 +27,7 @@ def build_parser() -> ArgumentParser:
 
 def with_quick(argv: list[str]) -> list[str]:
     """``argv`` with the options of ``--quick`` placed after its configs: options that follow them still override them."""
-    if "--quick" not in argv:
+    if not any(arg == "--quick" or arg.lower() == "--quick=true" for arg in argv):
         return list(argv)
     from pureebm_lightning.evaluation.settings import QUICK
 

@@ -57,6 +57,8 @@ class EvaluationData:
         the bundled default, so that its folders keep the names earlier releases gave them."""
         if (data, self.holdout, self.attacker_data) == ("digits", 0.2, None):
             return []
+        if self.attacker_data and self.holdout:
+            raise ValueError(f"data.attacker_data replaces the holdout as the attacker's data: set data.holdout to 0 (it is {self.holdout})")
         flags = ["--data", data, "--holdout", str(self.holdout)]
         return flags + (["--attacker_data", str(Path(self.attacker_data).expanduser().resolve())] if self.attacker_data else [])
 

@@ -50,8 +50,10 @@ def section(rows: list[dict], cfg, works: dict[str, bool]) -> list[str]:
         values = [100 * v for v in values]
         return f"{mean(values):.2f} ± {pstdev(values):.2f}" if values else "n/a"
 
-    def cell(attack: str, defense: str, key: str) -> str:
-        return stat([r[key] for r in rows if r["attack"] == attack and r["defense"] == defense and key in r])
+    def cell(attack: str, defense: str, key: str, stage: str | None = None) -> str:
+        """The rows of ``attack`` under ``defense`` (of one ``stage`` only: a plug-in attack may share a table attack's name)."""
+        return stat([r[key] for r in rows if r["attack"] == attack and r["defense"] == defense and key in r
+                     and (stage is None or r.get("stage") == stage)])
 
     lines = ["", "## Attacks and defenses added through the registries", "",
              "Attacks and defenses taken from the registries by name (`pureebm poison NAME`, `pureebm purify --defense NAME`), "
@@ -66,8 +68,8 @@ def section(rows: list[dict], cfg, works: dict[str, bool]) -> list[str]:
         defenses = ["none", "jpeg", *[f"T{t}" for t in cfg.plugins.sweep if t > 0]]
         for defense in defenses:
             label = {"none": "none", "jpeg": f"JPEG (quality {cfg.defenses.jpeg_quality})"}.get(defense, f"PureEBM T = {defense[1:]}")
-            lines.append(f"| {label} | {cell(attack, defense, 'success_x1')} | {cell(attack, defense, 'floor_success_x1')} | "
-                         f"{cell(attack, defense, 'natural')} |")
+            lines.append(f"| {label} | {cell(attack, defense, 'success_x1', 'plugin_attack')} | "
+                         f"{cell(attack, defense, 'floor_success_x1', 'plugin_attack')} | {cell(attack, defense, 'natural', 'plugin_attack')} |")
         lines.append("")
     for defense in sorted({r["defense"] for r in rows if r.get("stage") == "plugin_defense"}):
         lines += [f"**{defense}** (its defaults) against the triggered attacks that work undefended:", "",

@@ -58,7 +58,7 @@ TRIGGERED = ("badnets", "blended", "narcissus")
 def prepare_out(out: Path, fresh: bool) -> None:
     """``out`` created; with ``fresh``, emptied first (only a folder this command wrote)."""
     if fresh and out.exists():
-        if any(out.iterdir()) and not ((out / "timings.json").is_file() or (out / "data").is_dir()):
+        if any(out.iterdir()) and not ((out / "timings.json").is_file() or (out / "data").is_dir() or (out / "dataset").is_dir()):
             raise SystemExit(f"--fresh: {out} does not look like a folder `pureebm evaluate` wrote (no timings.json or data/); "
                              "delete it yourself or pick another --out")
         shutil.rmtree(out)
@@ -82,7 +82,7 @@ def run(cfg: Evaluation, argv: list[str] | None = None) -> dict:
     clean_folder, clean_spec = poison(out / "data", "clean", "--attack", "none", *data_flags)
     if cfg.ebm.data:  # the clean EBM's own images (the paper: the ImageNet part of CINIC-10)
         holdout, ebm_name, train_dir = Path(cfg.ebm.data).expanduser().resolve(), "clean_ebm_data", ""
-        holdout_count = len(open_source(holdout))
+        ebm_count = len(open_source(holdout))
     else:  # the held-out images, as an ImageFolder tree for `pureebm fit`
         holdout, ebm_name, train_dir = out / "data" / "ebm_holdout", "clean_holdout", "train"
         if not clean_spec["holdout_ids"]:
@@ -93,7 +93,8 @@ def run(cfg: Evaluation, argv: list[str] | None = None) -> dict:
                 (holdout / "train" / str(int(label))).mkdir(parents=True, exist_ok=True)
                 chw_to_pil(image).save(holdout / "train" / str(int(label)) / f"{int(index)}.png")
             (holdout / "done").write_text("")
-        holdout_count = len(clean_spec["holdout_ids"])
+        ebm_count = len(clean_spec["holdout_ids"])
+    holdout_count = len(clean_spec["holdout_ids"])
     jobs = []  # (attack, k, name, flags)
     flags = {"badnets": ["--budget", str(A.badnets_budget)], "blended": ["--budget", str(A.blended_budget)],
              "narcissus": ["--budget", str(A.narcissus_budget), "--epsilon", str(A.narcissus_epsilon),
@@ -124,7 +125,8 @@ def run(cfg: Evaluation, argv: list[str] | None = None) -> dict:
 
     # 2. EBMs
     first_poisoned = next(s for s in scenarios if s[0] == cfg.ebm.poisoned_attack)
-    clean_ckpt = train_ebm(cfg.ebm, ebm_name, holdout, out, holdout_count, cfg.data.grayscale, train_dir)
+    clean_ckpt = train_ebm(cfg.ebm, ebm_name, holdout, out, ebm_count, cfg.data.grayscale, train_dir,
+                           cfg.data.image_size if cfg.ebm.data else None)
     poisoned_ckpt = train_ebm(cfg.ebm, f"poisoned_{first_poisoned[2].name}", first_poisoned[2], out,
                               len(open_source(first_poisoned[2]).keys), cfg.data.grayscale)
     clock.lap("ebms")
@@ -243,7 +245,7 @@ def run(cfg: Evaluation, argv: list[str] | None = None) -> dict:
     clock.lap("plugins")
 
     # 6. report
-    facts = {"holdout_images": holdout_count, "victim_images": len(clean_labels), "test_images": len(test_ids),
+    facts = {"holdout_images": holdout_count, "ebm_images": ebm_count, "ebm_data": cfg.ebm.data, "victim_images": len(clean_labels), "test_images": len(test_ids),
              "distinct_images": len(store), "argv": list(argv or []), "data": cfg.data.describe(), "timings": {"this_invocation_s": clock.now, "total_s": clock.total},
              "ebm_checkpoints": {"clean": str(clean_ckpt), "poisoned": str(poisoned_ckpt)}}
     summary = write_report(out, cfg, results, purified, store, rows_of, sweep_store, name0, facts)
@@ -291,13 +293,18 @@ def plugin_stage(cfg: Evaluation, data_flags: list[str], out: Path, clean_folder
                                   lambda m, folder=folder: measure(m, folder, folder), attack=attack, scenario=k,
                                   target=target, defense=defense.label, T=defense.steps)
                 rows.append({**row, "stage": "plugin_attack", **{f"floor_{n}": v for n, v in floor.items()}})
-    triggered = [s for s in scenarios if s[0] != "gradient_matching"] + plugin_scenarios
+
+    def works_undefended(rows_of_attack: list[dict]) -> bool:
+        return mean_of([r["success_x1"] for r in rows_of_attack if r["defense"] == "none"]) >= 0.8
+
+    # which attacks work, the table's and the plug-ins' apart (a plug-in may reuse a table attack's name at other settings)
+    works = {a: works_undefended([r for r in rows if r["attack"] == a]) for a in {s[0] for s in plugin_scenarios}}
+    triggered = [(s, works_undefended([r for r in results if r["attack"] == s[0]])) for s in scenarios if s[0] != "gradient_matching"]
+    triggered += [(s, works[s[0]]) for s in plugin_scenarios]
     everything = results + rows
-    works = {a: mean_of([r["success_x1"] for r in everything if r["attack"] == a and r["defense"] == "none"]) >= 0.8
-             for a in {s[0] for s in triggered}}
     for name in P.defenses:
-        for attack, k, folder, _ in triggered:
-            if not works[attack]:
+        for (attack, k, folder, _), working in triggered:
+            if not working:
                 continue
             mags = (1.0, 3.0) if attack == "narcissus" else (1.0,)
             floor = measure(clean_models[k], clean_folder, folder, mags)

@@ -110,18 +110,21 @@ def write_report(out: Path, cfg, results: list[dict], purified: dict, store, row
              f"{sum(timings['this_invocation_s'].values()) / 60:.1f} min (a resumed run reuses what earlier ones finished).", "",
              "## Setup", "",
              f"- Data: {facts['data']}. Victim training split {facts['victim_images']} images, "
-             f"clean test split {facts['test_images']}, held out {facts['holdout_images']} (never in the victim's set"
-             + ("; the stand-in for the paper's EBM data, the ImageNet part of CINIC-10, disjoint from CIFAR-10" if cfg.data.root != "digits" else "")
-             + ").",
+             f"clean test split {facts['test_images']}, held out {facts['holdout_images']} (never in the victim's set).",
              f"- EBMs ({cfg.ebm.config}{' ' + ' '.join(cfg.ebm.args) if cfg.ebm.args else ''}, {cfg.ebm.steps} iterations of batch "
-             f"{cfg.ebm.batch_size}): **clean** on the "
-             f"{facts['holdout_images']} held-out images; **poisoned** on the poisoned victim split `{poisoned_set}`.",
+             f"{cfg.ebm.batch_size}): **clean** on "
+             + (f"the {facts.get('ebm_images', facts['holdout_images'])} images of `{cfg.ebm.data}`" if cfg.ebm.data else
+                f"the {facts['holdout_images']} held-out images"
+                + ("; the stand-in for the paper's EBM data, the ImageNet part of CINIC-10, disjoint from CIFAR-10"
+                   if cfg.data.root != "digits" else ""))
+             + f"; **poisoned** on the poisoned victim split `{poisoned_set}`.",
              f"- Attacks: BadNets {100 * cfg.attacks.badnets_budget:g} %, Blended {100 * cfg.attacks.blended_budget:g} % (alpha 0.2), "
              f"Narcissus {100 * cfg.attacks.narcissus_budget:g} % at {cfg.attacks.narcissus_epsilon}/255 ({cfg.attacks.narcissus_steps} steps), "
              f"each for target classes {cfg.attacks.target_classes}; Gradient Matching {100 * cfg.attacks.gm_budget:g} % at "
              f"{cfg.attacks.gm_epsilon}/255 ({cfg.attacks.gm_steps} steps, {cfg.attacks.gm_restarts} restart(s)) on {cfg.attacks.gm_targets} distinct target images.",
              f"- Defenses: none; JPEG quality {cfg.defenses.jpeg_quality}; PureEBM (clean EBM) at T in {cfg.defenses.sweep} "
-             f"(T = 0 is no defense); PureEBM with the poisoned EBM at every T on `{poisoned_set}` only.",
+             f"(T = 0 is no defense); PureEBM with the poisoned EBM "
+             f"{'at every T' if cfg.defenses.poisoned_ebm_sweep else f'at T = {cfg.defenses.T}'} on `{poisoned_set}` only.",
              f"- Victims: {cfg.victim.description} for {cfg.victim.epochs} epochs; "
              f"victim seed 100 + the target class's position for triggered attacks (seed and class vary together, so the spread "
              f"mixes both), 100 for every Gradient Matching victim. {len(results)} victims' results; a model trained on the clean "
@@ -453,7 +456,7 @@ def targets(summary: dict, T: int, points: float = 2.0) -> dict:
             "measured": f"success {100 * p['none']['success_x1']:.2f} % undefended -> {100 * q['success_x1']:.2f} % with the "
                         f"poisoned-split EBM vs {100 * c['success_x1']:.2f} % with the clean EBM (gap "
                         f"{100 * (q['success_x1'] - c['success_x1']):+.2f} points); natural {100 * q['natural']:.2f} vs "
-                        f"{100 * c['natural']:.2f} % (undefended {100 * p['none']['natural']:.2f} %); gaps at every T in the table above"}
+                        f"{100 * c['natural']:.2f} % (undefended {100 * p['none']['natural']:.2f} %); the gap at each T measured is in the table above"}
     b = tab["badnets"]
     checks["badnets"] = {"what": f"BadNets (a visible patch, the known weak spot) taken to at most 5 % by PureEBM T = {T}",
                          "status": status(m(b[key]["success_x1"]) <= 5) if works["badnets"] else "not measurable",

@@ -40,23 +40,35 @@ def last_checkpoint(workdir: Path) -> Path | None:
     return found[0] if found else None
 
 
-def train_ebm(recipe: EBMRecipe, name: str, root: Path, out: Path, images: int, grayscale: bool, train_dir: str = "train") -> Path:
-    """``recipe`` on the images under ``root/train_dir`` (``<class>/<image>``); its last checkpoint. The run folder is named by the set and
-    the steps; an interrupted run resumes from its last checkpoint."""
+def train_ebm(recipe: EBMRecipe, name: str, root: Path, out: Path, images: int, grayscale: bool, train_dir: str = "train",
+              image_size: int | None = None) -> Path:
+    """``recipe`` on the images under ``root/train_dir`` (``<class>/<image>``, resized to ``image_size`` if given);
+    its last checkpoint. The run folder is named by the set and the steps, and records what else made it
+    (``recipe.json``): other settings train in a folder of their own. An interrupted run resumes from its last
+    checkpoint."""
     from pureebm_lightning.cli import make_cli
 
+    identity = {"config": recipe.config, "args": list(recipe.args), "batch_size": recipe.batch_size,
+                "root": str(root.relative_to(out)) if root.is_relative_to(out) else str(root),
+                "train_dir": train_dir, "grayscale": grayscale, "image_size": image_size}
     workdir = out / "ebm" / f"{name}_{recipe.steps}steps"
+    made = workdir / "recipe.json"
+    if made.is_file() and json.loads(made.read_text()) != identity:  # a folder without it is an earlier release's: kept
+        workdir = workdir.with_name(f"{workdir.name}-{hashlib.sha1(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:8]}")
     if (workdir / "done").is_file():
         return last_checkpoint(workdir)
     epochs = max(1, math.ceil(recipe.steps / max(1, images // recipe.batch_size)))
     milestones = [max(1, round(0.75 * epochs)), max(1, round(0.9 * epochs))]
     print(f"EBM {name}: {images} images, {epochs} epochs ({recipe.steps} iterations of batch {recipe.batch_size})", flush=True)
+    resize = [f"--data.image_size={image_size}"] if image_size else []
     with working_dir(workdir):
+        (workdir / "recipe.json").write_text(json.dumps(identity, indent=1))
         resume = last_checkpoint(workdir)
         cli = make_cli(["--config", str(config_path(recipe.config)), "--data", "pureebm_lightning.data.ImageFolderDataModule",
-                        "--data.root", str(root), "--data.train_dir", train_dir, "--data.grayscale", str(grayscale).lower(), "--data.batch_size",
-                        str(recipe.batch_size), "--data.num_workers", "0", f"--trainer.max_epochs={epochs}",
-                        f"--trainer.max_steps={recipe.steps}", f"--model.init_args.lr_scheduler.init_args.milestones={milestones}",
+                        "--data.root", str(root), "--data.train_dir", train_dir, "--data.grayscale", str(grayscale).lower(),
+                        "--data.batch_size", str(recipe.batch_size), "--data.num_workers", "0", *resize,
+                        f"--trainer.max_epochs={epochs}", f"--trainer.max_steps={recipe.steps}",
+                        f"--model.init_args.lr_scheduler.init_args.milestones={milestones}",
                         "--trainer.enable_model_summary=false", *recipe.args], run=False)
         cli.trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=str(resume) if resume else None)
     (workdir / "done").write_text(f"{cli.trainer.global_step} iterations on {root}\n")
