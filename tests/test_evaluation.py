@@ -285,3 +285,28 @@ def test_cifar10_paper_quick_runs_on_a_cifar_shaped_folder(tmp_path):
     assert summary["settings"]["victim"]["configs"] == ["configs/classifier.yaml"]
     assert "clean_ebm_data" in facts["ebm_checkpoints"]["clean"]  # trained on ebm.data, not on a holdout
     assert summary["table"]["gradient_matching"]["none"]["targets"] == 1 and summary["settings"]["victim"]["epochs"] == 1
+
+
+def test_an_ebm_folder_is_reused_only_for_the_recipe_that_made_it(tmp_path, monkeypatch):
+    import pureebm_lightning.cli as cli
+    from pureebm_lightning.evaluation.settings import EBMRecipe
+    from pureebm_lightning.evaluation.steps import train_ebm
+
+    recipe, root = EBMRecipe(steps=5), tmp_path / "out" / "data" / "ebm_holdout"
+
+    def trained(args, run=False):
+        raise RuntimeError("trained")
+
+    monkeypatch.setattr(cli, "make_cli", trained)
+    with pytest.raises(RuntimeError, match="trained"):  # nothing there: it trains, and records what makes it
+        train_ebm(recipe, "clean", root, tmp_path / "out", 100, True)
+    workdir = tmp_path / "out/ebm/clean_5steps"
+    made = json.loads((workdir / "recipe.json").read_text())
+    assert made["root"] == "data/ebm_holdout" and made["batch_size"] == 64 and made["grayscale"] is True
+    (workdir / "runs/checkpoints").mkdir(parents=True)
+    (workdir / "runs/checkpoints/last.ckpt").write_bytes(b"x")
+    (workdir / "done").write_text("5 iterations\n")
+    assert train_ebm(recipe, "clean", root, tmp_path / "out", 100, True) == workdir / "runs/checkpoints/last.ckpt"
+    with pytest.raises(RuntimeError, match="trained"):  # another batch size is another EBM, in a folder of its own
+        train_ebm(EBMRecipe(steps=5, batch_size=32), "clean", root, tmp_path / "out", 100, True)
+    assert len(list((tmp_path / "out/ebm").glob("clean_5steps-*"))) == 1 and (workdir / "done").is_file()
