@@ -72,7 +72,7 @@ class EvaluationData:
             return "digits"
         dest = out / "dataset"
         settings = {"source": str(Path(self.root).expanduser().resolve()), **asdict(self)}
-        for key in ("holdout", "attacker_data"):
+        for key in ("root", "holdout", "attacker_data"):  # the root as resolved (source) names the images, not as typed
             settings.pop(key)
         if (dest / "dataset.json").is_file():
             made = json.loads((dest / "dataset.json").read_text())

@@ -79,7 +79,8 @@ class AttackSettings:
         gm_steps: signed-Adam steps of each restart.
         gm_restarts: random restarts of Gradient Matching.
         surrogate_epochs: epochs of each attacker's surrogate (Narcissus, Gradient Matching).
-        gm_defenses: ``auto``: defended Gradient Matching victims only when it succeeds on some target undefended.
+        gm_defenses: ``auto``: defended Gradient Matching victims only when it succeeds on some target undefended
+            (more than its floor); ``always``; ``never`` (undefended only).
         hflip: the attackers augment with horizontal flips as the victim does (natural images; not digits).
         shared_surrogate: every Narcissus scenario shares one surrogate, and every Gradient Matching scenario
             another (the attacker's one clean model; trained once instead of once per scenario).
@@ -98,7 +99,7 @@ class AttackSettings:
     gm_steps: int = 240
     gm_restarts: int = 1
     surrogate_epochs: int = 30
-    gm_defenses: Literal["auto", "always"] = "auto"
+    gm_defenses: Literal["auto", "always", "never"] = "auto"
     hflip: bool = False
     shared_surrogate: bool = False
 
