@@ -15,11 +15,7 @@ Writes <out>/attack_success.md and .csv.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
-import hashlib
-import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -31,21 +27,11 @@ from lightning.pytorch import Trainer
 from lightning.pytorch.utilities import disable_possible_user_warnings
 
 from pureebm_lightning.callbacks.results_table import wilson
-from pureebm_lightning.cli import main, make_cli
+from pureebm_lightning.cli import make_cli
 from pureebm_lightning.data.poisoned_set import PoisonedSetDataModule
+from pureebm_lightning.evaluation.steps import poison, working_dir
 
 CONFIGS = ROOT / "configs"
-
-
-@contextlib.contextmanager
-def working_dir(path: Path):
-    path.mkdir(parents=True, exist_ok=True)
-    old = os.getcwd()
-    os.chdir(path)
-    try:
-        yield
-    finally:
-        os.chdir(old)
 
 
 def train_victim(folder: Path, workdir: Path, seed: int, *extra: str):
@@ -77,14 +63,6 @@ def intended_probability(model, folder: Path, target: dict) -> float:
     image = to_signed_unit(read_image(folder / target["file"], "L"))[None]
     with torch.no_grad():
         return torch.softmax(model.eval()(image.to(model.device)), 1)[0, target["intended_class"]].item()
-
-
-def poison(data: Path, name: str, *flags: str) -> tuple[Path, dict]:
-    """`pureebm poison` into data/<name>-<hash of the flags>; a folder made with the same flags is reused."""
-    out = data / f"{name}-{hashlib.sha1(' '.join(flags).encode()).hexdigest()[:8]}"
-    if not (out / "poison.json").is_file():
-        main(["poison", "--out", str(out), "--progress", "false", "--overwrite", *flags])
-    return out, json.loads((out / "poison.json").read_text())
 
 
 def run(args: argparse.Namespace) -> None:
