@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from pureebm_lightning.errors import UsageError
 from pureebm_lightning.images import chw_to_pil
 from pureebm_lightning.splits import Split
 
@@ -58,7 +59,7 @@ class EvaluationData:
         if (data, self.holdout, self.attacker_data) == ("digits", 0.2, None):
             return []
         if self.attacker_data and self.holdout:
-            raise ValueError(f"data.attacker_data replaces the holdout as the attacker's data: set data.holdout to 0 (it is {self.holdout})")
+            raise UsageError(f"data.attacker_data replaces the holdout as the attacker's data: set data.holdout to 0 (it is {self.holdout})")
         flags = ["--data", data, "--holdout", str(self.holdout)]
         return flags + (["--attacker_data", str(Path(self.attacker_data).expanduser().resolve())] if self.attacker_data else [])
 
@@ -67,9 +68,12 @@ class EvaluationData:
         ``train/`` and ``test/`` folder of PNGs named by the images' ids in the root, and ``dataset.json``)."""
         if self.root == "digits":
             if self.image_size not in (None, 16) or self.train_per_class or self.test_per_class or not self.grayscale:
-                raise ValueError("data 'digits' is used whole at 16x16 grey: leave image_size, train_per_class, "
+                raise UsageError("data 'digits' is used whole at 16x16 grey: leave image_size, train_per_class, "
                                  "test_per_class unset and grayscale true")
             return "digits"
+        if not Path(self.root).expanduser().is_dir():
+            raise UsageError(f"data.root {self.root}: no such folder. It is 'digits', a CIFAR-10 root (cifar-10-batches-py "
+                             "inside) or a folder with train/<class>/<image> and test/<class>/<image>; nothing is downloaded")
         dest = out / "dataset"
         settings = {"source": str(Path(self.root).expanduser().resolve()), **asdict(self)}
         for key in ("root", "holdout", "attacker_data"):  # the root as resolved (source) names the images, not as typed
@@ -77,7 +81,7 @@ class EvaluationData:
         if (dest / "dataset.json").is_file():
             made = json.loads((dest / "dataset.json").read_text())
             if {k: made.get(k) for k in settings} != settings:
-                raise ValueError(f"{dest} was made with other data settings ({made}); use another --out")
+                raise UsageError(f"{dest} was made with other data settings ({made}); use another --out")
             return str(dest)
         from pureebm_lightning.poisoning.clean_data import load_clean_splits
 
@@ -108,7 +112,7 @@ class EvaluationData:
         for label in split.labels.unique().tolist():
             of_class = torch.nonzero(split.labels == label).flatten()
             if len(of_class) < per_class:
-                raise ValueError(f"{self.root}: class {label} has {len(of_class)} images, fewer than {per_class} per class")
+                raise UsageError(f"{self.root}: class {label} has {len(of_class)} images, fewer than {per_class} per class")
             rows.append(of_class[torch.randperm(len(of_class), generator=generator)[:per_class]])
         return split.subset(torch.cat(rows).sort().values)
 

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from pureebm_lightning.errors import UsageError
 from pureebm_lightning.evaluation.dataset import EvaluationData
 
 REPOSITORY = Path(__file__).resolve().parents[2]
@@ -188,7 +189,7 @@ class Evaluation:
         if self.quick:  # the other quick settings are options (QUICK), so that later options override them
             a.target_classes = a.target_classes[:1]
         if d.T not in d.sweep:
-            raise ValueError(f"defenses.T {d.T} must be one of defenses.sweep {d.sweep}")
+            raise UsageError(f"defenses.T {d.T} must be one of defenses.sweep {d.sweep}")
         d.sweep = sorted(set(d.sweep))
         p.sweep = sorted(set(d.sweep if p.sweep is None else p.sweep) | {0})
         return self
