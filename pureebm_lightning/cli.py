@@ -99,22 +99,11 @@ def _parser(command: str, argv: list[str]):
 
 
 def make_cli(args: list[str] | None = None, run: bool = True) -> LightningCLI:
-    """The LightningCLI of ``pureebm fit/validate/test/predict``; ``run=False`` only builds the model, data module
-    and trainer from ``args`` (configs and flags, no subcommand), for scripts that drive them."""
-    from lightning.pytorch import LightningDataModule, LightningModule
+    """The LightningCLI of ``pureebm fit/validate/test/predict`` (:func:`pureebm_lightning.lightning_cli.make_cli`);
+    ``run=False`` only builds the model, data module and trainer from ``args``, for scripts that drive them."""
+    from pureebm_lightning.lightning_cli import make_cli as build
 
-    from pureebm_lightning.lightning_cli import PureEBMCLI
-
-    return PureEBMCLI(  # models and data chosen by class_path in YAML
-        LightningModule,
-        LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        auto_configure_optimizers=False,
-        save_config_kwargs={"overwrite": True},
-        args=args,
-        run=run,
-    )
+    return build(args, run)
 
 
 if __name__ == "__main__":

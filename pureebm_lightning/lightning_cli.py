@@ -66,3 +66,20 @@ class PureEBMCLI(LightningCLI):
         """The checkpoint's weights must be those of the model built (names and shapes), before any subcommand runs."""
         if getattr(self, "_checkpoint", None) is not None:
             check_matches(self._checkpoint, self.model, Path(self.config[self.subcommand].ckpt_path))
+
+
+def make_cli(args: list[str] | None = None, run: bool = True) -> PureEBMCLI:
+    """The LightningCLI of ``pureebm fit/validate/test/predict``; ``run=False`` only builds the model, data module
+    and trainer from ``args`` (configs and flags, no subcommand), for scripts that drive them."""
+    from lightning.pytorch import LightningDataModule, LightningModule
+
+    return PureEBMCLI(  # models and data chosen by class_path in YAML
+        LightningModule,
+        LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        auto_configure_optimizers=False,
+        save_config_kwargs={"overwrite": True},
+        args=args,
+        run=run,
+    )

@@ -288,7 +288,7 @@ def test_cifar10_paper_quick_runs_on_a_cifar_shaped_folder(tmp_path):
 
 
 def test_an_ebm_folder_is_reused_only_for_the_recipe_that_made_it(tmp_path, monkeypatch):
-    import pureebm_lightning.cli as cli
+    import pureebm_lightning.lightning_cli as cli
     from pureebm_lightning.evaluation.settings import EBMRecipe
     from pureebm_lightning.evaluation.steps import train_ebm
 

@@ -26,11 +26,11 @@ def working_dir(path: Path):
 
 def poison(data: Path, name: str, *flags: str) -> tuple[Path, dict]:
     """`pureebm poison` into data/<name>-<hash of the flags>; a folder made with the same flags is reused."""
-    from pureebm_lightning.cli import main
+    from pureebm_lightning.poisoning.command import poison as pureebm_poison
 
     out = data / f"{name}-{hashlib.sha1(' '.join(flags).encode()).hexdigest()[:8]}"
     if not (out / "poison.json").is_file():
-        main(["poison", "--out", str(out), "--progress", "false", "--overwrite", *flags])
+        pureebm_poison(["--out", str(out), "--progress", "false", "--overwrite", *flags])
     return out, json.loads((out / "poison.json").read_text())
 
 
@@ -46,7 +46,7 @@ def train_ebm(recipe: EBMRecipe, name: str, root: Path, out: Path, images: int, 
     its last checkpoint. The run folder is named by the set and the steps, and records what else made it
     (``recipe.json``): other settings train in a folder of their own. An interrupted run resumes from its last
     checkpoint."""
-    from pureebm_lightning.cli import make_cli
+    from pureebm_lightning.lightning_cli import make_cli
 
     identity = {"config": recipe.config, "args": list(recipe.args), "batch_size": recipe.batch_size,
                 "root": str(root.relative_to(out)) if root.is_relative_to(out) else str(root),
@@ -78,7 +78,7 @@ def train_ebm(recipe: EBMRecipe, name: str, root: Path, out: Path, images: int, 
 def train_victim(recipe: VictimRecipe, folder: Path, workdir: Path, seed: int):
     """``recipe`` trained on ``folder`` (no per-epoch validation: the test split is only used at the end); the
     model in eval mode and its checkpoint."""
-    from pureebm_lightning.cli import make_cli
+    from pureebm_lightning.lightning_cli import make_cli
 
     milestones = [max(1, round(recipe.epochs * m)) for m in recipe.milestones]
     configs = [flag for path in recipe.configs for flag in ("--config", str(config_path(path)))]
