@@ -26,6 +26,7 @@ import time
 import torch
 
 from pureebm_lightning import ConvNetEnergy, LangevinSampler, SNGANResNetEnergy
+from pureebm_lightning.callbacks.speed_options import to_channels_last
 
 
 def bare_autograd(net, x, steps, drift, eps):
@@ -74,9 +75,8 @@ def main() -> None:
         "param grads": lambda: with_param_grads(net, x, args.steps, sampler.drift, sampler.step_size),
     }
     if args.channels_last:
-        net_cl = copy.deepcopy(net).to(memory_format=torch.channels_last)
-        sampler_cl = LangevinSampler(n_steps=args.steps)
-        sampler_cl.memory_format = torch.channels_last
+        net_cl, sampler_cl = copy.deepcopy(net), LangevinSampler(n_steps=args.steps)
+        to_channels_last(net_cl, sampler_cl)
         x_cl = x.contiguous(memory_format=torch.channels_last)
         loops["sampler channels-last"] = lambda: sampler_cl.sample(net_cl, x_cl)
     for fn in loops.values():  # warm-up

@@ -7,6 +7,14 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 
 
+def to_channels_last(net: torch.nn.Module, sampler=None) -> None:
+    """``net``'s weights, and the chains of ``sampler`` (a LangevinSampler) if given, in channels-last layout: the
+    same computation in another memory order (float sums may round differently)."""
+    net.to(memory_format=torch.channels_last)
+    if sampler is not None:
+        sampler.memory_format = torch.channels_last
+
+
 class SpeedOptions(Callback):
     """Applies speed options to the module's ``energy_net`` (and its Langevin sampler) before the run.
 
@@ -46,10 +54,7 @@ class SpeedOptions(Callback):
         torch.set_float32_matmul_precision("high" if self.tf32 else "highest")
         torch.backends.cudnn.allow_tf32 = self.tf32
         if self.channels_last:
-            net.to(memory_format=torch.channels_last)
-            sampler = getattr(pl_module, "sampler", None) or getattr(getattr(pl_module, "purifier", None), "sampler", None)
-            if sampler is not None:
-                sampler.memory_format = torch.channels_last
+            to_channels_last(net, getattr(pl_module, "sampler", None) or getattr(getattr(pl_module, "purifier", None), "sampler", None))
         if self.compile and not getattr(net, "_compiled_call_impl", None):
             net.compile(mode=self.compile_mode, backend=self.compile_backend)
         if self.describe() != "none":

@@ -42,10 +42,6 @@ class EvaluationData:
     grayscale: bool = True
     seed: int = 0
 
-    @property
-    def channels(self) -> int:
-        return 1 if self.grayscale else 3
-
     def describe(self) -> str:
         if self.root == "digits":
             return "scikit-learn's digits (16x16 grey, bundled)"

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from pureebm_lightning.callbacks.speed_options import to_channels_last
 from pureebm_lightning.defenses.jpeg import JPEGPurifier
 from pureebm_lightning.defenses.pureebm import Purifier
 from pureebm_lightning.images import to_signed_unit, to_uint8
@@ -52,8 +53,7 @@ def sweep_purifier(checkpoint: Path, steps: int, channels_last: bool = False) ->
     same computation in another memory order)."""
     purifier = Purifier.from_checkpoint(checkpoint, steps=steps, seed=0)
     if channels_last:
-        purifier.energy_net.to(memory_format=torch.channels_last)
-        purifier.sampler.memory_format = torch.channels_last
+        to_channels_last(purifier.energy_net, purifier.sampler)
     return purifier
 
 

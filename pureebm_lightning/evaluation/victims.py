@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import time
@@ -21,10 +22,11 @@ def predict(model, x: torch.Tensor) -> torch.Tensor:
         return torch.cat([model(x[i : i + 512]).argmax(1) for i in range(0, len(x), 512)])
 
 
-def measure(model, folder: Path, spec_folder: Path | None = None, magnifications: tuple[float, ...] = (1.0,)) -> dict:
-    """Natural accuracy, target-class accuracy and poison success (per magnification) of ``model`` on ``folder``'s
-    clean test split and the poisoned tests of ``spec_folder``'s attack, built by PoisonedSetDataModule as
-    `pureebm test` builds them (a clean-trained model tested against an attack gives its floor)."""
+@functools.lru_cache(maxsize=2)  # a scenario's victims and its floor read the same two test sets in turn
+def test_sets(folder: Path, spec_folder: Path | None) -> tuple[PoisonedSetDataModule, tuple[torch.Tensor, torch.Tensor],
+                                                           tuple[torch.Tensor, torch.Tensor] | None]:
+    """The data module of ``folder`` tested against ``spec_folder``'s attack, its clean test images and labels, and
+    its poisoned test images and the labels the attack wants (None without an attack), decoded once."""
     dm = PoisonedSetDataModule(str(folder), crop_padding=0, hflip=False,
                                poison_spec=str(spec_folder / "poison.json") if spec_folder else None)
     dm.setup("test")
@@ -33,12 +35,19 @@ def measure(model, folder: Path, spec_folder: Path | None = None, magnifications
         items = [dataset[i] for i in range(len(dataset))]
         return to_signed_unit(torch.stack([item[0] for item in items])), torch.tensor([item[1] for item in items])
 
-    images, labels = stacked(dm.test_set)
+    return dm, stacked(dm.test_set), (stacked(dm.poison_test_set) if dm.poison is not None else None)
+
+
+def measure(model, folder: Path, spec_folder: Path | None = None, magnifications: tuple[float, ...] = (1.0,)) -> dict:
+    """Natural accuracy, target-class accuracy and poison success (per magnification) of ``model`` on ``folder``'s
+    clean test split and the poisoned tests of ``spec_folder``'s attack, built by PoisonedSetDataModule as
+    `pureebm test` builds them (a clean-trained model tested against an attack gives its floor)."""
+    dm, (images, labels), poisoned_tests = test_sets(folder, spec_folder)
     right = predict(model, images) == labels
     result = {"natural": right.float().mean().item()}
-    if dm.poison is None:
+    if poisoned_tests is None:
         return result
-    poisoned, wanted = stacked(dm.poison_test_set)
+    poisoned, wanted = poisoned_tests
     if dm.poison.kind == "triggered":
         result["target_class_accuracy"] = right[labels == dm.poison.target_class].float().mean().item()
         for m in magnifications:
@@ -55,7 +64,7 @@ class Victims:
     appended to victims.jsonl as it is measured and each model kept in its own folder, so a rerun skips them."""
 
     def __init__(self, out: Path, recipe: VictimRecipe) -> None:
-        self.path, self.recipe, self.epochs, self.out = out / "victims.jsonl", recipe, recipe.epochs, out
+        self.path, self.recipe, self.out = out / "victims.jsonl", recipe, out
         self.done = {}
         if self.path.is_file():
             for line in self.path.read_text().splitlines():
@@ -74,7 +83,7 @@ class Victims:
         """The victim trained on ``folder`` with ``seed``: loaded if a previous run finished it."""
         from pureebm_lightning.classifier_module import ClassifierModule
 
-        workdir = self.out / "victims" / digest(key, seed, self.epochs, *self.recipe_identity())
+        workdir = self.out / "victims" / digest(key, seed, self.recipe.epochs, *self.recipe_identity())
         if (workdir / "done").is_file():
             return ClassifierModule.load_from_checkpoint(last_checkpoint(workdir), map_location="cpu").eval()
         shutil.rmtree(workdir, ignore_errors=True)
@@ -83,7 +92,7 @@ class Victims:
         return model
 
     def run(self, key: str, folder: Path, seed: int, evaluate_with, **facts) -> dict:
-        full = "|".join([key, f"seed{seed}", f"epochs{self.epochs}", *self.recipe_identity()])
+        full = "|".join([key, f"seed{seed}", f"epochs{self.recipe.epochs}", *self.recipe_identity()])
         if full not in self.done:
             start = time.time()
             model = self.model(key, folder, seed)
