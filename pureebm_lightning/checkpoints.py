@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import pickle
 import zipfile
 from pathlib import Path
@@ -14,6 +15,15 @@ from pureebm_lightning.errors import CheckpointError, first_sentence
 #: where each of the project's modules keeps its weights in a state dict, and that kind of checkpoint in words
 KINDS = {"EBMModule": ("energy_net.", "an EBM checkpoint (`pureebm fit --config configs/ebm*.yaml`)"),
          "ClassifierModule": ("net.", "a classifier checkpoint (`pureebm fit --config configs/classifier*.yaml`)")}
+
+
+def file_sha256(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes (what a manifest records to tie a result to its weights)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:

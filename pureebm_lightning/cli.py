@@ -21,7 +21,8 @@ commands:
   test       test a model: natural accuracy, poison success for a poisoned folder (--ckpt_path)
   predict    run a model's predict loop
   poison     make a poisoned training set (--attack NAME), or import another tool's (--import FORMAT --source PATH)
-  purify     purify a poisoned training set: pureebm purify --data POISONED_DIR --ckpt_path EBM.ckpt
+  purify     purify a poisoned training set: pureebm purify --data POISONED_DIR --ckpt_path EBM.ckpt (or FOLDER, hf://OWNER/NAME)
+  export     write a trained EBM as a Hub-ready folder: pureebm export --ckpt_path EBM.ckpt --out my-ebm/
   evaluate   the paper's protocol end to end (attacks, EBMs, defenses, victims, report): --config configs/evaluate/digits.yaml
 
 `pureebm COMMAND --help` lists a command's options; `pureebm fit --config configs/ebm_digits.yaml` is a start."""
@@ -49,10 +50,10 @@ def main(args: list[str] | None = None) -> None:
         print(HELP)
         return
     command = argv[0]
-    if command not in ("poison", "purify", "evaluate", *LIGHTNING_COMMANDS):
+    if command not in ("poison", "purify", "export", "evaluate", *LIGHTNING_COMMANDS):
         raise SystemExit(f"pureebm: error: unknown command {command!r}; the commands are fit, validate, test, predict, "
-                         "poison, purify and evaluate (`pureebm --help`)")
-    if command in ("poison", "purify", "evaluate") and any(a in ("-h", "--help") for a in argv[1:]):
+                         "poison, purify, export and evaluate (`pureebm --help`)")
+    if command in ("poison", "purify", "export", "evaluate") and any(a in ("-h", "--help") for a in argv[1:]):
         _parser(command, argv[1:]).print_help()  # without torch or Lightning, unless a plug-in's options are asked for
         return
     from pureebm_lightning.runtime import quiet_lightning
@@ -67,6 +68,10 @@ def main(args: list[str] | None = None) -> None:
             from pureebm_lightning.poisoning.command import poison
 
             poison(argv[1:])
+        elif command == "export":
+            from pureebm_lightning.pretrained.command import export
+
+            export(argv[1:])
         elif command == "evaluate":
             from pureebm_lightning.evaluation.command import evaluate
 
@@ -85,6 +90,10 @@ def main(args: list[str] | None = None) -> None:
 
 
 def _parser(command: str, argv: list[str]):
+    if command == "export":
+        from pureebm_lightning.pretrained.command import build_parser as export_parser
+
+        return export_parser()
     if command == "evaluate":
         from pureebm_lightning.evaluation.command import build_parser
 

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from pureebm_lightning.chain_bank import ChainBank
 from pureebm_lightning.checkpoints import check_matches, read_ebm_checkpoint
+from pureebm_lightning.energy_gap import energy_gap
 from pureebm_lightning.errors import NonFiniteError
 from pureebm_lightning.langevin import LangevinSampler
 
@@ -50,7 +51,8 @@ class EBMModule(LightningModule):
         val_perturbation: l_inf size, in 8-bit pixel units /255, of the random sign perturbation whose
             energy validation compares with the clean images' (default 16/255).
         init_weights: a checkpoint whose energy-net weights and chain bank start this run, with this
-            run's settings and a fresh optimiser. (``--ckpt_path`` instead resumes a run exactly, with the
+            run's settings and a fresh optimiser; or a pretrained EBM (``hf://owner/name[@revision]`` or a folder,
+            e.g. the authors' published EBM), whose weights start it with chains drawn afresh from the data. (``--ckpt_path`` instead resumes a run exactly, with the
             settings and optimiser state saved in the checkpoint.)
     """
 
@@ -100,11 +102,33 @@ class EBMModule(LightningModule):
     # -- the chain bank and this rank's randomness -----------------------------------------------------
     def setup(self, stage: str) -> None:
         if stage == "fit" and self.init_weights:
+            from pureebm_lightning.pretrained import parse_source
+
+            if parse_source(self.init_weights).pretrained:
+                self._init_from_pretrained(self.init_weights)
+                return
             ckpt = read_ebm_checkpoint(self.init_weights)
             check_matches(ckpt, self, self.init_weights)
             self.load_state_dict(ckpt["state_dict"])
             if CHECKPOINT_KEY in ckpt:
                 self._restore_bank(ckpt[CHECKPOINT_KEY])
+
+    def _init_from_pretrained(self, source: str) -> None:
+        """Fine-tuning: the energy-net weights of a Hub repo or pretrained folder; the chains start afresh from data and
+        the sampler is this run's (the config's), not the pretrained EBM's."""
+        from pureebm_lightning.pretrained import load_pretrained
+        from pureebm_lightning.pretrained.layouts import load_into
+
+        ebm = load_pretrained(source)
+        net = ebm.energy_net
+        built = type(self.energy_net).__name__
+        args = ", ".join(f"{k}={getattr(net, k)}" for k in ("in_channels", "num_filters", "patch_size", "image_size") if hasattr(net, k))
+        load_into(self.energy_net, net.state_dict(), ebm.describe(),
+                  f"the config's {built} (the pretrained EBM is a {type(net).__name__}({args}): set "
+                  "model.init_args.energy_net to match)")
+        if ebm.sampler.step_size != self.sampler.step_size or ebm.sampler.temperature != self.sampler.temperature:
+            rank_zero_warn(f"{ebm.describe()} states eps = {ebm.sampler.step_size}, tau = {ebm.sampler.temperature}; this run "
+                           f"fine-tunes with the config's eps = {self.sampler.step_size}, tau = {self.sampler.temperature}")
 
     def on_train_start(self) -> None:
         # seed_everything gives every rank the same seed: derive per-rank generators so that ranks draw
@@ -214,10 +238,7 @@ class EBMModule(LightningModule):
         self._log_energy_gap(batch_images(batch), batch_idx, "test")
 
     def _log_energy_gap(self, x: Tensor, batch_idx: int, split: str) -> None:
-        g = torch.Generator(device=x.device).manual_seed(batch_idx)
-        signs = torch.randint(0, 2, x.shape, generator=g, device=x.device, dtype=x.dtype).mul_(2).sub_(1)
-        perturbed = (x + signs * (2 * self.val_perturbation)).clamp_(-1, 1)  # [-1, 1] images: 1/255 is 2/255 here
-        e_clean, e_pert = self.energy_net(x).float(), self.energy_net(perturbed).float()
+        e_clean, e_pert = energy_gap(self.energy_net, x, self.val_perturbation, seed=batch_idx)
         self.log_dict(
             {
                 f"{split}/energy_clean": e_clean.mean(),

@@ -51,15 +51,19 @@ class _ResBlock(nn.Module):
 class SNGANResNetEnergy(nn.Module):
     """The paper's energy net: an SNGAN-discriminator-style ResNet (no spectral norm), ~1.05 M parameters at 128 filters.
 
-    Takes 32x32 or 64x64 (any size divisible by 4) images with ``in_channels`` channels.
+    Takes images with ``in_channels`` channels whose sides are divisible by ``4 * patch_size`` (32x32, 64x64, ...).
+    ``patch_size`` > 1 (the authors' larger-image variant) first folds each ``patch_size`` x ``patch_size`` patch into
+    channels (pixel-unshuffle), so the first convolution takes ``in_channels * patch_size**2`` channels.
     """
 
-    def __init__(self, in_channels: int = 3, num_filters: int = 128) -> None:
+    def __init__(self, in_channels: int = 3, num_filters: int = 128, patch_size: int = 1) -> None:
         super().__init__()
+        if patch_size < 1:
+            raise ValueError(f"patch_size must be at least 1, got {patch_size}")
         nf = num_filters
-        self.in_channels = in_channels
+        self.in_channels, self.num_filters, self.patch_size = in_channels, num_filters, patch_size
         self.blocks = nn.Sequential(
-            _OptimizedDownBlock(in_channels, nf),
+            _OptimizedDownBlock(in_channels * patch_size**2, nf),
             _ResBlock(nf, nf, downsample=True),
             _ResBlock(nf, nf, downsample=False),
             _ResBlock(nf, nf, downsample=False),
@@ -68,6 +72,8 @@ class SNGANResNetEnergy(nn.Module):
         _init_xavier(self)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.patch_size > 1:
+            x = F.pixel_unshuffle(x, self.patch_size)
         h = F.relu(self.blocks(x)).mean(dim=(2, 3))
         return self.linear(h).squeeze(1)
 
@@ -84,7 +90,7 @@ class ConvNetEnergy(nn.Module):
         n_down = math.log2(image_size / 4) if image_size >= 4 else -1
         if n_down < 0 or n_down != int(n_down):
             raise ValueError(f"ConvNetEnergy needs image_size = 4 * 2**k (4, 8, 16, 32, 64, ...), got {image_size}")
-        self.in_channels, self.image_size = in_channels, image_size
+        self.in_channels, self.num_filters, self.image_size = in_channels, num_filters, image_size
         layers: list[nn.Module] = [nn.Conv2d(in_channels, num_filters, 3, 1, 1), nn.LeakyReLU(negative_slope)]
         ch = num_filters
         for _ in range(int(n_down)):

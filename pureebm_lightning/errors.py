@@ -13,6 +13,10 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used for what it was passed to (empty, truncated, or of another model)."""
 
 
+class PretrainedError(CheckpointError):
+    """A pretrained EBM (a Hub repo or a folder) that cannot be reached or read, or is not an EBM of a known layout."""
+
+
 class NonFiniteError(RuntimeError):
     """Energies or chains stopped being finite during EBM training (the message says what to change)."""
 

@@ -31,7 +31,8 @@ class PurifiedDataModule(PoisonedSetDataModule):
 
     Args:
         data: the poisoned folder.
-        ckpt_path: EBM checkpoint written by ``pureebm fit`` (PureEBM).
+        ckpt_path: the EBM (PureEBM): a checkpoint written by ``pureebm fit``, a pretrained folder, or a Hugging Face
+            Hub repo ``hf://owner/name[@revision]``.
         steps: T (paper: 150). seed: noise seed.
         defense: another defense, instead of ``ckpt_path``.
         cache_dir: where purified copies live (default: ``<data>_purify_cache`` beside the input).
@@ -69,7 +70,7 @@ class PurifiedDataModule(PoisonedSetDataModule):
 
     def training_images(self, source: PoisonedSource) -> Callable[[int], torch.Tensor]:
         if self.defense is None:
-            self.defense = Purifier.from_checkpoint(self.ckpt_path, steps=self.steps, seed=self.seed)
+            self.defense = Purifier.from_source(self.ckpt_path, steps=self.steps, seed=self.seed)
         self.purifier = self.defense
         self.purifier.check_input(source.shape, source.root)
         strategy = self.trainer.strategy if self.trainer is not None else None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -10,20 +9,12 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from pureebm_lightning.checkpoints import read_ebm_checkpoint
+from pureebm_lightning.checkpoints import file_sha256, read_ebm_checkpoint
 from pureebm_lightning.defense import Defense
 from pureebm_lightning.defenses import register_defense
 from pureebm_lightning.errors import CheckpointError, PoisonedDataError
 from pureebm_lightning.images import to_signed_unit, to_uint8
 from pureebm_lightning.langevin import LangevinSampler
-
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @register_defense()
@@ -33,6 +24,7 @@ class Purifier(Defense):
     In Python::
 
         purifier = Purifier.from_checkpoint("runs/ebm_digits/checkpoints/last.ckpt", steps=150)
+        # or a published EBM: Purifier.from_pretrained("hf://SunayBhat1/puregen-ebm-cinic10-imagenet")
         purified = purifier(images)  # uint8 (B, C, H, W), or floats in [-1, 1]; on any device
 
     Noise comes from a generator seeded by ``seed``, the epoch and the block's first source index, so a
@@ -42,11 +34,12 @@ class Purifier(Defense):
 
     def __init__(self, energy_net: nn.Module, sampler: LangevinSampler, steps: int = 150, seed: int = 0,
                  checkpoint: str | None = None, checkpoint_sha256: str | None = None,
-                 image_shape: tuple[int, int, int] | None = None) -> None:
+                 image_shape: tuple[int, int, int] | None = None, pretrained: dict[str, Any] | None = None) -> None:
         if steps < 0:
             raise ValueError(f"steps must be >= 0, got {steps}")
         self.energy_net, self.sampler, self.steps, self.seed = energy_net.eval(), sampler, steps, seed
         self.checkpoint, self.checkpoint_sha256, self.image_shape = checkpoint, checkpoint_sha256, image_shape
+        self.pretrained = pretrained  # PretrainedEBM.record() of a Hub repo or folder (None: a checkpoint, or built here)
 
     @classmethod
     def from_checkpoint(cls, path: str | Path, steps: int = 150, seed: int = 0) -> "Purifier":
@@ -66,20 +59,45 @@ class Purifier(Defense):
         shape = tuple(bank.shape[2:]) if bank is not None else None
         return cls(module.energy_net, module.sampler, steps, seed, str(path.resolve()), file_sha256(path), shape)
 
+    @classmethod
+    def from_pretrained(cls, source: str | Path, steps: int | None = None, seed: int = 0) -> "Purifier":
+        """The EBM of a Hub repo (``hf://owner/name[@revision]``) or a local folder, in the authors' layout or written by
+        ``pureebm export``; ``steps`` defaults to the T its config recommends, else 150. Its sampler settings come from
+        its config when it states them, else the paper's (eps 1.25e-2, tau 1e-4)."""
+        from pureebm_lightning.pretrained import load_pretrained
+
+        ebm = load_pretrained(source)
+        steps = steps if steps is not None else ebm.recommended_steps if ebm.recommended_steps is not None else 150
+        return cls(ebm.energy_net, ebm.sampler, steps, seed, ebm.describe(), None, ebm.image_shape, ebm.record())
+
+    @classmethod
+    def from_source(cls, source: str | Path, steps: int | None = None, seed: int = 0) -> "Purifier":
+        """:meth:`from_checkpoint` for a ``.ckpt`` file, :meth:`from_pretrained` for a folder or ``hf://`` repo."""
+        from pureebm_lightning.pretrained import parse_source
+
+        if parse_source(source).pretrained:
+            return cls.from_pretrained(source, steps, seed)
+        return cls.from_checkpoint(source, steps=150 if steps is None else steps, seed=seed)
+
     name = "pureebm"
 
     def describe(self) -> str:
         return f"T = {self.steps}, eps = {self.sampler.step_size}, tau = {self.sampler.temperature}"
 
     def settings(self) -> dict[str, Any]:
-        """The EBM (by its file's hash), T, eps, tau and the noise seed; clamped to [-1, 1], quantised to 8 bits."""
+        """The EBM (by its checkpoint's or weights file's hash), T, eps, tau and the noise seed; clamped to [-1, 1],
+        quantised to 8 bits."""
+        weights = ({"weights_sha256": self.pretrained["weights_sha256"]} if self.pretrained
+                   else {"checkpoint_sha256": self.checkpoint_sha256})
         return {
-            "defense": self.name, "checkpoint_sha256": self.checkpoint_sha256, "steps": self.steps,
+            "defense": self.name, **weights, "steps": self.steps,
             "step_size": self.sampler.step_size, "temperature": self.sampler.temperature, "seed": self.seed,
             "clamp": [-1.0, 1.0], "quantised_bits": 8,
         }
 
     def record(self) -> dict[str, Any]:
+        if self.pretrained:  # the Hub repo and resolved commit (or folder), the weights file and its layout
+            return {"checkpoint": self.checkpoint, **{k: v for k, v in self.pretrained.items() if k != "weights_sha256"}}
         return {"checkpoint": self.checkpoint}
 
     def to(self, device: torch.device | str) -> "Purifier":
@@ -92,7 +110,7 @@ class Purifier(Defense):
             c, h, w = self.image_shape
             raise PoisonedDataError(
                 f"{where}: its {shape[0]}x{shape[1]}x{shape[2]} images do not fit the EBM ({self.checkpoint}), "
-                f"which was trained on {c}x{h}x{w} images"
+                + (f"which takes {c}x{h}x{w} images" if self.pretrained else f"which was trained on {c}x{h}x{w} images")
             )
         try:
             with torch.no_grad():

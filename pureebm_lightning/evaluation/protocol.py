@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from pureebm_lightning.defenses.pureebm import file_sha256
+from pureebm_lightning.checkpoints import file_sha256
 from pureebm_lightning.evaluation import plugins as plugin_report
 from pureebm_lightning.evaluation.defenses import Defense, JPEGDefense, NoDefense, PureEBMDefense
 from pureebm_lightning.evaluation.purified_sets import (

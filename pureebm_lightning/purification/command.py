@@ -1,4 +1,5 @@
-"""``pureebm purify --data poisoned/ --ckpt_path ebm.ckpt``: purify a poisoned training set on disk."""
+"""``pureebm purify --data poisoned/ --ckpt_path ebm.ckpt`` (or a pretrained folder, or ``hf://owner/name``): purify a
+poisoned training set on disk."""
 
 from __future__ import annotations
 
@@ -28,10 +29,9 @@ def check_arguments(cfg) -> None:
     if defense not in TOP_LEVEL and (cfg.ckpt_path is not None or cfg.jpeg_quality is not None):
         raise UsageError(f"--defense {defense} takes its options as --{defense}.<option>, not --ckpt_path or --jpeg_quality")
     cfg.defense = defense
-    cfg.steps = 150 if cfg.steps is None else cfg.steps
     cfg.seed = 0 if cfg.seed is None else cfg.seed
     for name, low in (("steps", 0), ("batch_size", 1), ("diagnostic_points", 1)):
-        if getattr(cfg, name) < low:
+        if getattr(cfg, name) is not None and getattr(cfg, name) < low:
             raise UsageError(f"--{name} must be at least {low}, got {getattr(cfg, name)}")
     if cfg.num_workers is not None and cfg.num_workers < 0:
         raise UsageError(f"--num_workers must be at least 0, got {cfg.num_workers}")
@@ -47,8 +47,10 @@ def make_defense(cfg):
     """The defense ``cfg`` asks for (after :func:`check_arguments`)."""
     from pureebm_lightning.defenses import DEFENSES
 
-    if cfg.defense == "pureebm":
-        return DEFENSES["pureebm"].from_checkpoint(cfg.ckpt_path, steps=cfg.steps, seed=cfg.seed)
+    if cfg.defense == "pureebm":  # a checkpoint, a pretrained folder or hf://owner/name[@revision]
+        purifier = DEFENSES["pureebm"].from_source(cfg.ckpt_path, steps=cfg.steps, seed=cfg.seed)
+        cfg.steps = purifier.steps  # without --steps: the EBM's recommended T, else 150
+        return purifier
     if cfg.defense == "jpeg":
         return DEFENSES["jpeg"](cfg.jpeg_quality)
     options = cfg.get(cfg.defense)

@@ -48,11 +48,13 @@ def build_parser(defense: str | None = None) -> ArgumentParser:
     parser.add_argument("--config", action=ActionConfigFile, help="YAML with any of the options below")
     parser.add_argument("--data", type=str, required=True,
                         help="poisoned folder: <class>/<file>, train/<class>/<file> (other splits copied), or poisoned_training_{data,labels}.npy")
-    parser.add_argument("--ckpt_path", type=str | None, default=None, help="EBM checkpoint written by `pureebm fit`")
+    parser.add_argument("--ckpt_path", type=str | None, default=None,
+                        help="the EBM: a checkpoint written by `pureebm fit`, a folder written by `pureebm export` or "
+                        "in the authors' layout, or a Hugging Face Hub repo hf://owner/name[@revision]")
     parser.add_argument("--jpeg_quality", type=int | None, default=None,
                         help="instead of an EBM: the JPEG baseline defense at this quality (e.g. 75)")
     parser.add_argument("--out", type=str | None, default=None, help="output folder (default: <data>_purified beside the input)")
-    parser.add_argument("--steps", type=int | None, default=None, help="PureEBM: T, Langevin steps per image (default 150, the paper's from scratch)")
+    parser.add_argument("--steps", type=int | None, default=None, help="PureEBM: T, Langevin steps per image (default: the T a pretrained EBM's config recommends, else 150, the paper's)")
     parser.add_argument("--seed", type=int | None, default=None, help="PureEBM: seed of the Langevin noise (default 0)")
     parser.add_argument("--batch_size", type=int, default=128,
                         help="images per batch and device; also the block whose noise is seeded together (results depend on it)")
