@@ -10,9 +10,9 @@ from lightning.pytorch import LightningModule, Trainer
 
 
 class RecordingModule(LightningModule):
-    def __init__(self) -> None:
+    def __init__(self, features: int = 64) -> None:
         super().__init__()
-        self.probe = torch.nn.Linear(64, 10)  # 8x8 grey images
+        self.probe = torch.nn.Linear(features, 10)  # 8x8 grey images (192: 8x8 RGB)
         self.seen: list[tuple[int, torch.Tensor, torch.Tensor]] = []
 
     def training_step(self, batch, batch_idx):

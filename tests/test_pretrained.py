@@ -190,6 +190,29 @@ def test_export_refuses_what_is_not_an_ebm_checkpoint(tmp_path, rgb_ebm):
     assert not (tmp_path / "o").exists()
 
 
+def test_purified_datamodule_takes_an_exported_folder_and_purifies_as_the_checkpoint_does(tmp_path, rgb_ebm):
+    from lightning.pytorch import Trainer
+
+    from pureebm_lightning.data import PurifiedDataModule
+    from tests.recording_module import RecordingModule
+
+    exported, data = tmp_path / "exported", tmp_path / "poisoned"
+    main(["export", "--ckpt_path", str(rgb_ebm), "--out", str(exported)])
+    write_digit_folder(data, count=8, rgb=True)
+    caches = {}
+    for name, ebm in (("folder", exported), ("checkpoint", rgb_ebm)):
+        dm = PurifiedDataModule(str(data), str(ebm), steps=5, batch_size=8, crop_padding=0, hflip=False,
+                                cache_dir=str(tmp_path / name))
+        Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                enable_model_summary=False).fit(RecordingModule(features=3 * 8 * 8), dm)
+        assert dm.purified_now == 8
+        (caches[name],) = (tmp_path / name).iterdir()
+    manifest = json.loads((caches["folder"] / "manifest.json").read_text())
+    assert manifest["ebm_source"] == str(exported) and manifest["layout"] == "pureebm"
+    files = sorted(p.relative_to(caches["folder"]) for p in caches["folder"].rglob("*.png"))
+    assert len(files) == 8 and all((caches["folder"] / f).read_bytes() == (caches["checkpoint"] / f).read_bytes() for f in files)
+
+
 # ---- purify from a pretrained source --------------------------------------------------------------------------------
 def test_purify_from_a_folder_records_it_and_refuses_to_finish_with_other_weights(tmp_path):
     ebm, other, data = tmp_path / "ebm", tmp_path / "other", tmp_path / "poisoned"
