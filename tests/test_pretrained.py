@@ -128,6 +128,27 @@ def test_fine_tuning_starts_from_the_pretrained_weights_and_refuses_another_net(
         other.setup("fit")
 
 
+@pytest.mark.slow
+def test_pureebm_fit_fine_tunes_from_an_exported_folder(tmp_path, grey_ebm, monkeypatch):
+    from pureebm_lightning.ebm_module import EBMModule
+    from tests.conftest import CONFIGS, TINY_EBM
+
+    exported = tmp_path / "exported"
+    main(["export", "--ckpt_path", str(grey_ebm), "--out", str(exported)])
+    monkeypatch.chdir(tmp_path)  # the config writes runs/ebm_digits/ here
+    monkeypatch.setattr(sys, "argv", ["pureebm"])
+    main(["fit", "--config", str(CONFIGS / "ebm_digits.yaml"), *TINY_EBM, "--trainer.max_steps=1",
+          f"--model.init_args.init_weights={exported}"])
+    ckpt = tmp_path / "runs/ebm_digits/checkpoints/last.ckpt"
+    tuned = EBMModule.load_from_checkpoint(ckpt, map_location="cpu").energy_net.state_dict()
+    start = load_pretrained(exported).energy_net.state_dict()
+    moved = [k for k in start if not torch.equal(start[k], tuned[k])]
+    assert moved and max((start[k] - tuned[k]).abs().max().item() for k in start) < 1e-2  # one Adam step (lr 1e-4) away
+    with pytest.raises(SystemExit, match="set model.init_args.energy_net to match"):
+        main(["fit", "--config", str(CONFIGS / "ebm_digits.yaml"), *TINY_EBM, "--model.init_args.energy_net.init_args.num_filters=4",
+              f"--model.init_args.init_weights={exported}"])
+
+
 # ---- export ---------------------------------------------------------------------------------------------------------
 def test_export_round_trip_is_exact_and_the_card_states_the_gap(tmp_path, rgb_ebm):
     from huggingface_hub import ModelCard

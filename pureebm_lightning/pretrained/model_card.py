@@ -30,8 +30,10 @@ def model_card(config: dict[str, Any], datasets: list[str], license: str | None,
 # {name}: an energy-based model for PureEBM purification
 
 An energy-based model (EBM) trained by maximum likelihood with persistent Langevin chains by
-[pureebm-lightning](https://pypi.org/project/pureebm-lightning/). Purifying a possibly poisoned training set with a
-few hundred Langevin steps of it (PureEBM, arXiv 2405.19376) removes train-time poisons while keeping natural accuracy.
+[pureebm-lightning](https://pypi.org/project/pureebm-lightning/), for the PureEBM defense against train-time data
+poisoning (arXiv 2405.19376): every image of a possibly poisoned training set is replaced by T Langevin steps of this
+EBM started at it, and the classifier is trained on the result. How well that removes a given poison depends on the
+EBM, its data and T: measure it on your attacks before relying on it.
 
 ## Use
 
