@@ -117,8 +117,10 @@ class EBMModule(LightningModule):
         """Fine-tuning: the energy-net weights of a Hub repo or pretrained folder; the chains start afresh from data and
         the sampler is this run's (the config's), not the pretrained EBM's."""
         from pureebm_lightning.pretrained import load_pretrained
+        from pureebm_lightning.pretrained.hub import prefetch
         from pureebm_lightning.pretrained.layouts import load_into
 
+        prefetch(source, self.trainer.strategy if self._trainer is not None else None)  # DDP: rank 0 downloads first
         ebm = load_pretrained(source)
         net = ebm.energy_net
         built = type(self.energy_net).__name__

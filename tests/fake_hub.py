@@ -66,6 +66,10 @@ class FakeHub:
         """The paths fetched with GET (file bodies) so far."""
         return [path for method, path in self.requests if method == "GET"]
 
+    def asked(self, filename: str) -> int:
+        """How many requests (HEAD or GET) named ``filename``."""
+        return sum(path.split("?")[0].endswith("/" + filename) for _, path in self.requests)
+
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()

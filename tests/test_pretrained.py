@@ -83,6 +83,17 @@ def test_folders_that_are_not_an_ebm_of_a_known_layout_are_refused_naming_what_w
         load_pretrained(truncated)
 
 
+def test_an_export_from_a_newer_release_or_with_a_bad_recommended_t_is_refused(tmp_path, rgb_ebm):
+    main(["export", "--ckpt_path", str(rgb_ebm), "--out", str(tmp_path / "e")])
+    config = json.loads((tmp_path / "e/config.json").read_text())
+    (tmp_path / "e/config.json").write_text(json.dumps({**config, "format_version": 2}))
+    with pytest.raises(PretrainedError, match=r"written by a newer pureebm-lightning \(config.json format 2"):
+        load_pretrained(tmp_path / "e")
+    (tmp_path / "e/config.json").write_text(json.dumps({**config, "recommended_steps": -5}))
+    with pytest.raises(PretrainedError, match="recommended_steps is -5, not a number of steps"):
+        load_pretrained(tmp_path / "e")
+
+
 def test_a_pickle_that_would_run_code_is_refused(tmp_path):
     class Runs:
         def __reduce__(self):
@@ -104,8 +115,10 @@ def test_an_exported_config_may_not_choose_a_class_outside_the_package(tmp_path)
 def test_sources_are_parsed_with_one_line_errors(tmp_path):
     assert parse_source("hf://SunayBhat1/puregen-ebm-cinic10-imagenet").location == "SunayBhat1/puregen-ebm-cinic10-imagenet"
     assert parse_source("hf://a/b@v1.0").revision == "v1.0" and parse_source("hf://a/b").revision is None
+    assert parse_source("hf://models/a/b@main").location == "a/b"  # huggingface_hub's own URI form
     assert parse_source(tmp_path).kind == "folder"
     for text, message in (("hf://a/b@", "nothing after '@'"), ("hf://ab", "a Hub repo is owner/name"),
+                          ("hf://datasets/SunayBhat1/puregen-poisons", "a dataset repo; an EBM is a model repo"),
                           ("hf://a/b c", "not a valid Hub repo id"),
                           ("SunayBhat1/puregen-ebm", "write hf://SunayBhat1/puregen-ebm"),
                           (str(tmp_path / "nope.ckpt"), "no such checkpoint file")):
@@ -199,6 +212,10 @@ def test_export_never_leaves_a_half_written_folder(tmp_path, rgb_ebm, monkeypatc
     monkeypatch.undo()
     main(["export", "--ckpt_path", str(rgb_ebm), "--out", str(out), "--overwrite"])
     assert "not measured" in (out / "README.md").read_text() and not (out / "notes.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["my-ebm"]  # the replaced folder is gone too
+    (out / ".git").mkdir()  # a clone of the Hub repo: --overwrite would delete its history
+    with pytest.raises(SystemExit, match=r"holds a git repository \(.git\), which --overwrite would delete"):
+        main(["export", "--ckpt_path", str(rgb_ebm), "--out", str(out), "--overwrite"])
 
 
 def test_export_refuses_what_is_not_an_ebm_checkpoint(tmp_path, rgb_ebm):
@@ -235,19 +252,50 @@ def test_purified_datamodule_takes_an_exported_folder_and_purifies_as_the_checkp
 
 
 # ---- purify from a pretrained source --------------------------------------------------------------------------------
-def test_purify_from_a_folder_records_it_and_refuses_to_finish_with_other_weights(tmp_path):
+def test_purify_from_a_folder_records_it_and_an_interrupted_run_finishes_only_with_the_same_weights(tmp_path, monkeypatch):
+    from pureebm_lightning.purification.purified_store import PurifiedStore
+
     ebm, other, data = tmp_path / "ebm", tmp_path / "other", tmp_path / "poisoned"
     write_authors_folder(ebm, nf=8)
     write_authors_folder(other, nf=8, seed=1)
-    write_digit_folder(data, count=6, rgb=True, size=32)
+    write_digit_folder(data, count=8, rgb=True, size=32)
     out = tmp_path / "purified"
-    main(["purify", "--data", str(data), "--ckpt_path", str(ebm), "--steps", "2", "--batch_size", "4", "--out", str(out), *QUIET_PURIFY])
+    command = ["purify", "--data", str(data), "--steps", "2", "--batch_size", "4", "--out", str(out), *QUIET_PURIFY]
+    write, calls = PurifiedStore.write, []
+
+    def write_then_die(self, indices, images, rank=0):
+        if calls:
+            raise KeyboardInterrupt  # killed during the second block
+        calls.append(indices)
+        write(self, indices, images, rank)
+
+    monkeypatch.setattr(PurifiedStore, "write", write_then_die)
+    with pytest.raises(SystemExit):
+        main([*command, "--ckpt_path", str(ebm)])
+    monkeypatch.setattr(PurifiedStore, "write", write)
+    assert calls == [[0, 1, 2, 3]] and not json.loads((out / "manifest.json").read_text()).get("complete")
+    with pytest.raises(SystemExit, match="weights_sha256"):  # same repo layout and settings, other weights
+        main([*command, "--ckpt_path", str(other)])
+    main([*command, "--ckpt_path", str(ebm)])
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["complete"] and manifest["ebm_source"] == str(ebm) and manifest["layout"] == "authors"
     assert manifest["weights_file"] == "model.safetensors" and manifest["repo_id"] is None
     assert manifest["weights_sha256"] == load_pretrained(ebm).weights_sha256 and "weights_sha256" in manifest["identity"]
-    with pytest.raises(SystemExit, match="weights_sha256"):
-        main(["purify", "--data", str(data), "--ckpt_path", str(other), "--steps", "2", "--batch_size", "4", "--out", str(out), *QUIET_PURIFY])
+    assert manifest["energy_net"] == {"class_path": "pureebm_lightning.energy_nets.SNGANResNetEnergy",
+                                      "init_args": {"in_channels": 3, "num_filters": 8, "patch_size": 1}}
+
+
+def test_the_same_weights_in_another_network_are_another_ebm(tmp_path, rgb_ebm):
+    exported, data = tmp_path / "exported", tmp_path / "poisoned"
+    main(["export", "--ckpt_path", str(rgb_ebm), "--out", str(exported)])
+    write_digit_folder(data, count=4, rgb=True)
+    command = ["purify", "--data", str(data), "--ckpt_path", str(exported), "--steps", "2", "--out", str(tmp_path / "o"), *QUIET_PURIFY]
+    main(command)
+    config = json.loads((exported / "config.json").read_text())
+    config["energy_net"]["init_args"]["negative_slope"] = 0.2  # no shape changes: only the identity can tell
+    (exported / "config.json").write_text(json.dumps(config))
+    with pytest.raises(SystemExit, match="energy_net"):
+        main(command)
 
 
 def test_purify_refuses_images_of_another_size_than_the_pretrained_ebm_takes(tmp_path):
@@ -278,33 +326,39 @@ def load_in_process(source: str, env: dict[str, str]) -> dict:
 
 
 @pytest.mark.slow
-def test_a_hub_repo_downloads_into_the_cache_and_loads_from_it_offline(tmp_path):
-    folder = tmp_path / "authors"
-    write_authors_folder(folder, nf=8, config=False)
+@pytest.mark.parametrize("kind, revision", [("authors", "@v1"), ("authors_bin", ""), ("exported", f"@{COMMIT}")])
+def test_a_hub_repo_downloads_into_the_cache_and_loads_from_it_offline(tmp_path, kind, revision, request):
+    folder = tmp_path / "repo"
+    if kind == "exported":
+        main(["export", "--ckpt_path", str(request.getfixturevalue("rgb_ebm")), "--out", str(folder)])
+        weights, side, config = "model.safetensors", 8, True
+    else:
+        write_authors_folder(folder, nf=8, config=False, weights="bin" if kind == "authors_bin" else "safetensors")
+        weights, side, config = ("pytorch_model.bin" if kind == "authors_bin" else "model.safetensors"), 32, False
     hub = FakeHub()
     hub.add_repo("someone/puregen-ebm", folder, COMMIT, tags=("v1",))
-    cache = tmp_path / "hf-cache"
-    env = {"HF_ENDPOINT": hub.url, "HF_HUB_CACHE": str(cache), "HF_HUB_DISABLE_TELEMETRY": "1"}
+    env = {"HF_ENDPOINT": hub.url, "HF_HUB_CACHE": str(tmp_path / "hf-cache"), "HF_HUB_DISABLE_TELEMETRY": "1"}
+    source = f"hf://someone/puregen-ebm{revision}"
     try:
-        first = load_in_process("hf://someone/puregen-ebm@v1", env)
-        assert first["revision"] == COMMIT and first["repo_id"] == "someone/puregen-ebm" and first["shape"] == [3, 32, 32]
-        assert f"models--someone--puregen-ebm/snapshots/{COMMIT}/model.safetensors" in first["file"]
+        first = load_in_process(source, env)
+        assert first["revision"] == COMMIT and first["repo_id"] == "someone/puregen-ebm" and first["shape"] == [3, side, side]
+        assert first["file"].endswith(f"models--someone--puregen-ebm/snapshots/{COMMIT}/{weights}")
         assert first["sha"] == load_pretrained(folder).weights_sha256
-        assert hub.downloads() == ["/someone/puregen-ebm/resolve/v1/model.safetensors"]  # config.json: absent, asked once
+        assert [p.rsplit("/", 1)[1] for p in hub.downloads()] == [weights, *(["config.json"] if config else [])]
+        assert hub.asked("config.json") == (2 if config else 1)  # HEAD (+ GET): once, absent or not
 
         data = tmp_path / "poisoned"
-        write_digit_folder(data, count=4, rgb=True, size=32)
-        done = run_pureebm(["purify", "--data", str(data), "--ckpt_path", "hf://someone/puregen-ebm", "--steps", "1",
-                            "--batch_size", "4", *QUIET_PURIFY], env)
+        write_digit_folder(data, count=4, rgb=True, size=side)
+        done = run_pureebm(["purify", "--data", str(data), "--ckpt_path", source, "--steps", "1", "--batch_size", "4",
+                            *QUIET_PURIFY], env)
         assert done.returncode == 0, done.stderr
         manifest = json.loads((tmp_path / "poisoned_purified/manifest.json").read_text())
         assert (manifest["repo_id"], manifest["revision"], manifest["weights_sha256"]) == ("someone/puregen-ebm", COMMIT, first["sha"])
-        assert manifest["ebm_source"] == "hf://someone/puregen-ebm"
-        assert len(hub.downloads()) == 1  # the second use read the cache
+        assert manifest["ebm_source"] == source and manifest["weights_file"] == weights
+        assert len(hub.downloads()) == (2 if config else 1)  # the second use read the cache
     finally:
         hub.close()
-    offline = load_in_process("hf://someone/puregen-ebm", {**env, "HF_HUB_OFFLINE": "1"})
-    assert offline == {**first, "revision": COMMIT}
+    assert load_in_process(source, {**env, "HF_HUB_OFFLINE": "1"}) == first  # the server is gone: the cache answers
 
 
 @pytest.mark.slow
@@ -329,7 +383,6 @@ def test_hub_repos_that_do_not_exist_or_hold_no_ebm_fail_in_one_line(tmp_path):
     (empty / "README.md").write_text("# not a model\n")
     hub = FakeHub()
     hub.add_repo("someone/card-only", empty, COMMIT)
-    hub.add_repo("someone/ebm", tmp_path, COMMIT)
     env = {"HF_ENDPOINT": hub.url, "HF_HUB_CACHE": str(tmp_path / "cache"), "HF_HUB_DISABLE_TELEMETRY": "1"}
     data = tmp_path / "poisoned"
     write_digit_folder(data, count=2, rgb=True, size=32)

@@ -12,6 +12,7 @@ from pureebm_lightning.defense import Defense, run_key
 from pureebm_lightning.defenses.pureebm import Purifier
 from pureebm_lightning.errors import UsageError
 from pureebm_lightning.images import to_signed_unit
+from pureebm_lightning.pretrained.hub import prefetch
 from pureebm_lightning.purification.purified_store import PurifiedStore
 from pureebm_lightning.purification.run import PurificationRun, learns
 from pureebm_lightning.sources import PoisonedSource
@@ -33,7 +34,7 @@ class PurifiedDataModule(PoisonedSetDataModule):
         data: the poisoned folder.
         ckpt_path: the EBM (PureEBM): a checkpoint written by ``pureebm fit``, a pretrained folder, or a Hugging Face
             Hub repo ``hf://owner/name[@revision]``.
-        steps: T (paper: 150). seed: noise seed.
+        steps: T (default: the T a pretrained EBM's config recommends, else 150, the paper's). seed: noise seed.
         defense: another defense, instead of ``ckpt_path``.
         cache_dir: where purified copies live (default: ``<data>_purify_cache`` beside the input).
         every_epoch: re-purify every epoch instead of once.
@@ -46,7 +47,7 @@ class PurifiedDataModule(PoisonedSetDataModule):
         self,
         data: str,
         ckpt_path: str | None = None,
-        steps: int = 150,
+        steps: int | None = None,
         seed: int = 0,
         cache_dir: str | None = None,
         every_epoch: bool = False,
@@ -69,11 +70,12 @@ class PurifiedDataModule(PoisonedSetDataModule):
         self.purified_now = 0  # images this process purified in setup (0 when all came from the cache)
 
     def training_images(self, source: PoisonedSource) -> Callable[[int], torch.Tensor]:
+        strategy = self.trainer.strategy if self.trainer is not None else None
         if self.defense is None:
+            prefetch(self.ckpt_path, strategy)  # under DDP rank 0 downloads a Hub repo, then every rank reads the cache
             self.defense = Purifier.from_source(self.ckpt_path, steps=self.steps, seed=self.seed)
         self.purifier = self.defense
         self.purifier.check_input(source.shape, source.root)
-        strategy = self.trainer.strategy if self.trainer is not None else None
         device = strategy.root_device if strategy is not None else torch.device("cpu")
         if self.every_epoch:  # purified batch by batch in on_after_batch_transfer
             if learns(self.purifier):
@@ -104,7 +106,8 @@ class PurifiedDataModule(PoisonedSetDataModule):
     def describe(self) -> dict[str, Any]:
         defense = self.defense
         if defense is None or isinstance(defense, Purifier):
-            name = f"PureEBM T={defense.steps if defense is not None else self.steps}"
+            steps = defense.steps if defense is not None else self.steps if self.steps is not None else "recommended"
+            name = f"PureEBM T={steps}"
         else:
             name = defense.describe()
         return {**super().describe(), "defense": f"{name} (on the fly)"}

@@ -87,8 +87,8 @@ class Purifier(Defense):
     def settings(self) -> dict[str, Any]:
         """The EBM (by its checkpoint's or weights file's hash), T, eps, tau and the noise seed; clamped to [-1, 1],
         quantised to 8 bits."""
-        weights = ({"weights_sha256": self.pretrained["weights_sha256"]} if self.pretrained
-                   else {"checkpoint_sha256": self.checkpoint_sha256})
+        weights = ({"weights_sha256": self.pretrained["weights_sha256"], "energy_net": self.pretrained["energy_net"]}
+                   if self.pretrained else {"checkpoint_sha256": self.checkpoint_sha256})  # a checkpoint's hash covers its net
         return {
             "defense": self.name, **weights, "steps": self.steps,
             "step_size": self.sampler.step_size, "temperature": self.sampler.temperature, "seed": self.seed,
@@ -97,7 +97,8 @@ class Purifier(Defense):
 
     def record(self) -> dict[str, Any]:
         if self.pretrained:  # the Hub repo and resolved commit (or folder), the weights file and its layout
-            return {"checkpoint": self.checkpoint, **{k: v for k, v in self.pretrained.items() if k != "weights_sha256"}}
+            return {"checkpoint": self.checkpoint,
+                    **{k: v for k, v in self.pretrained.items() if k not in ("weights_sha256", "energy_net")}}
         return {"checkpoint": self.checkpoint}
 
     def to(self, device: torch.device | str) -> "Purifier":

@@ -17,8 +17,7 @@ from pureebm_lightning.energy_gap import energy_gap
 from pureebm_lightning.errors import CheckpointError, PoisonedDataError, UsageError
 from pureebm_lightning.pretrained.hub import CARD_FILE, CONFIG_FILE, WEIGHTS_FILES
 from pureebm_lightning.pretrained.layouts import energy_net_class, load_into
-
-FORMAT_VERSION = 1
+from pureebm_lightning.pretrained.loader import FORMAT_VERSION
 
 
 def checkpoint_net(ckpt: dict[str, Any], where: str) -> tuple[nn.Module, dict[str, Any]]:
@@ -29,7 +28,10 @@ def checkpoint_net(ckpt: dict[str, Any], where: str) -> tuple[nn.Module, dict[st
                               "export a checkpoint written by `pureebm fit`")
     cls = energy_net_class(spec["class_path"], where)
     init_args = dict(spec.get("init_args") or {})
-    net = cls(**init_args)
+    try:
+        net = cls(**init_args)
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{where}: its energy_net init_args do not build a {cls.__name__} ({err})") from err
     prefix = "energy_net."
     load_into(net, {k[len(prefix):]: v for k, v in ckpt["state_dict"].items()}, where, f"its {cls.__name__}")
     return net.eval(), {"class_path": f"{cls.__module__}.{cls.__name__}", "init_args": init_args}
@@ -86,6 +88,9 @@ def export_ebm(ckpt_path: str | Path, out: str | Path, steps: int = 150, data: s
     out = Path(out).expanduser()
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise UsageError(f"{out}: exists and is not empty; pass --overwrite to replace it, or another --out")
+    if (out / ".git").exists():
+        raise UsageError(f"{out}: holds a git repository (.git), which --overwrite would delete: export to another "
+                         "folder and copy its three files in")
     ckpt_path = Path(ckpt_path).expanduser()
     ckpt = read_ebm_checkpoint(ckpt_path)
     net, spec = checkpoint_net(ckpt, str(ckpt_path))
@@ -117,12 +122,15 @@ def export_ebm(ckpt_path: str | Path, out: str | Path, steps: int = 150, data: s
         (partial / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
         model_card(config, list(datasets or []), license, out.name).save(partial / CARD_FILE)
         check_round_trip(net, partial, shape)
+        old = out.with_name(f".{out.name}.replaced-{os.getpid()}")
         if out.exists():
-            shutil.rmtree(out) if out.is_dir() else out.unlink()
+            os.replace(out, old)  # kept until the new folder is in place: an interruption loses neither
         os.replace(partial, out)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
+    if old.exists():
+        shutil.rmtree(old) if old.is_dir() else old.unlink()
     return out
 
 

@@ -23,6 +23,7 @@ from pureebm_lightning.pretrained.layouts import (
 )
 from pureebm_lightning.pretrained.source import EBMSource, parse_source
 
+FORMAT_VERSION = 1  # of config.json as `pureebm export` writes it
 #: the authors' purification settings for their EBM (images in [-1, 1]), used when a repo's config gives none
 PAPER_SAMPLER = {"step_size": 1.25e-2, "temperature": 1e-4}
 
@@ -45,6 +46,7 @@ class PretrainedEBM:
     repo_id: str | None = None
     revision: str | None = None
     config: dict[str, Any] | None = None
+    network: dict[str, Any] | None = None  # the energy net's class path and init arguments
 
     def describe(self) -> str:
         """Where the weights came from, in one phrase."""
@@ -53,7 +55,17 @@ class PretrainedEBM:
     def record(self) -> dict[str, Any]:
         """What a purification's manifest records about the EBM, so that a result can be traced to its weights."""
         return {"ebm_source": self.source, "repo_id": self.repo_id, "revision": self.revision,
-                "weights_file": self.weights_file.name, "weights_sha256": self.weights_sha256, "layout": self.layout}
+                "weights_file": self.weights_file.name, "weights_sha256": self.weights_sha256, "layout": self.layout,
+                "energy_net": self.network}
+
+
+def describe_net(net: nn.Module) -> dict[str, Any]:
+    """An energy net's class path and the init arguments it keeps as attributes (for the authors' layout, where no
+    config names them)."""
+    import inspect
+
+    args = {name: getattr(net, name) for name in inspect.signature(type(net)).parameters if hasattr(net, name)}
+    return {"class_path": f"{type(net).__module__}.{type(net).__name__}", "init_args": args}
 
 
 def folder_files(folder: Path) -> tuple[Path, Path | None]:
@@ -93,6 +105,10 @@ def load_pretrained(source: str | Path | EBMSource) -> PretrainedEBM:
         repo_id = revision = None
         where = src.location
     state, config = read_weights(weights), read_config(config_path)
+    version = (config or {}).get("format_version", 1)
+    if "energy_net" in (config or {}) and not (isinstance(version, int) and version <= FORMAT_VERSION):
+        raise PretrainedError(f"{where}: written by a newer pureebm-lightning (config.json format {version}; this release "
+                              f"reads {FORMAT_VERSION}): upgrade with `pip install -U pureebm-lightning`")
     if config is not None and "energy_net" in config:
         net, shape = pureebm_net(state, config, where)
         layout = "pureebm"
@@ -110,5 +126,8 @@ def load_pretrained(source: str | Path | EBMSource) -> PretrainedEBM:
     except (TypeError, ValueError) as err:
         raise PretrainedError(f"{where}: config.json's sampler settings are not LangevinSampler's ({err})") from err
     steps = (config or {}).get("recommended_steps") if layout == "pureebm" else None
-    return PretrainedEBM(net.eval(), sampler, shape, layout, src.text, weights, file_sha256(weights),
-                         int(steps) if steps is not None else None, repo_id, revision, config)
+    if steps is not None and not (isinstance(steps, int) and steps >= 0):
+        raise PretrainedError(f"{where}: config.json's recommended_steps is {steps!r}, not a number of steps (an integer >= 0)")
+    network = config["energy_net"] if layout == "pureebm" else describe_net(net)
+    return PretrainedEBM(net.eval(), sampler, shape, layout, src.text, weights, file_sha256(weights), steps, repo_id,
+                         revision, config, network)

@@ -33,7 +33,11 @@ def parse_source(text: str | Path) -> EBMSource:
     """The :class:`EBMSource` that ``text`` names, or a one-line error for a malformed Hub address or a missing path."""
     text = str(text)
     if text.startswith(HUB_PREFIX):
-        repo_id, at, revision = text[len(HUB_PREFIX):].partition("@")
+        address = text[len(HUB_PREFIX):]
+        address = address[len("models/"):] if address.startswith("models/") else address  # huggingface_hub's URI form
+        if address.startswith(("datasets/", "spaces/")):
+            raise PretrainedError(f"{text}: a {address.split('/')[0][:-1]} repo; an EBM is a model repo (write {SYNTAX})")
+        repo_id, at, revision = address.partition("@")
         if at and not revision:
             raise PretrainedError(f"{text}: nothing after '@' (write {SYNTAX})")
         if repo_id.count("/") != 1 or not all(repo_id.split("/")):
