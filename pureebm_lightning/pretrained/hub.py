@@ -124,7 +124,7 @@ def prefetch(source: str | None, strategy) -> None:
     """Under several processes (``strategy.world_size`` > 1), download a Hub ``source`` on global rank 0 first (its
     failure raised on every rank, none left waiting), so that the other ranks then read the cache."""
     from pureebm_lightning.pretrained.source import parse_source
-    from pureebm_lightning.purification.purified_store import run_on_rank_zero
+    from pureebm_lightning.rank_zero import run_on_rank_zero
 
     if source is None or strategy is None or strategy.world_size < 2:
         return

@@ -15,10 +15,8 @@ from tqdm.auto import tqdm
 
 from pureebm_lightning.defense import Defense
 from pureebm_lightning.errors import OutputLocked, UsageError
-from pureebm_lightning.purification.purified_store import (
-    PurifiedStore,
-    run_on_rank_zero,
-)
+from pureebm_lightning.purification.purified_store import PurifiedStore
+from pureebm_lightning.rank_zero import run_on_rank_zero
 from pureebm_lightning.sources import BlockBatches, SourceImages
 
 if TYPE_CHECKING:
