@@ -59,6 +59,11 @@ TINY_ATTACK: dict[str, tuple[list[str], int | None, float]] = {
     "narcissus": (["--budget", "0.05", "--steps", "20", "--lr", "0.1", "--surrogate_epochs", "1"], 8, 0.05),
     "gradient_matching": (["--budget", "0.02", "--steps", "3", "--restarts", "1", "--surrogate_epochs", "1"], 8, 0.02),
     "wanet": (["--budget", "0.05", "--strength", "1.0"], None, 0.16),  # the poisons and twice as many noise-mode images
+    # defense-aware attacks: "{ebm}" stands for the tests' 8x8 grey EBM checkpoint (the grey_ebm fixture)
+    "adaptive_narcissus": (["--ebm_path", "{ebm}", "--budget", "0.05", "--steps", "3", "--batch_size", "8", "--chain_steps", "3",
+                            "--surrogate_epochs", "1", "--lr", "0.1"], 8, 0.05),
+    "adaptive_badnets": (["--ebm_path", "{ebm}", "--budget", "0.05", "--steps", "3", "--batch_size", "8", "--chain_steps", "3"],
+                         None, 0.05),
 }
 
 

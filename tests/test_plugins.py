@@ -42,8 +42,10 @@ def test_every_registered_plugin_has_a_tiny_run_in_conftest():
 
 # ---- attacks ---------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("attack", ATTACKS.names())
-def test_every_attack_writes_a_bounded_poisoned_folder_whose_trigger_the_data_module_applies(attack, tmp_path):
+def test_every_attack_writes_a_bounded_poisoned_folder_whose_trigger_the_data_module_applies(attack, tmp_path, request):
     extra, largest_change, largest_share = TINY_ATTACK[attack]
+    if "{ebm}" in extra:  # a defense-aware attack: the EBM it attacks
+        extra = [str(request.getfixturevalue("grey_ebm")) if e == "{ebm}" else e for e in extra]
     out = tmp_path / attack
     main(["poison", attack, "--out", str(out), *TINY_POISON_DATA, *extra])  # the attack's name as the first argument
     written = json.loads((out / "poison.json").read_text())

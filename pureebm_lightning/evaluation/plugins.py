@@ -24,9 +24,14 @@ from pureebm_lightning.purification.run import PurificationRun
 from pureebm_lightning.sources import open_source
 
 
-def attack_flags(cfg, attack: str) -> list[str]:
-    """``plugins.attack_args`` entries for ``attack`` (``NAME:--option=value``) as poison options."""
-    return [entry.split(":", 1)[1] for entry in cfg.plugins.attack_args if entry.split(":", 1)[0] == attack]
+def attack_flags(cfg, attack: str, ebms: dict[str, Path] | None = None) -> list[str]:
+    """``plugins.attack_args`` entries for ``attack`` (``NAME:--option=value``) as poison options; ``{clean_ebm}`` and
+    ``{poisoned_ebm}`` in a value stand for the evaluation's EBM checkpoints (a defense-aware attack's ``--ebm_path``:
+    the defender's own clean EBM is a white-box attack, the EBM trained on other data a grey-box one)."""
+    flags = [entry.split(":", 1)[1] for entry in cfg.plugins.attack_args if entry.split(":", 1)[0] == attack]
+    for name, path in (ebms or {}).items():
+        flags = [flag.replace("{" + name + "}", str(path)) for flag in flags]
+    return flags
 
 
 def defended_by_plugin(name: str, folder: Path, out: Path, batch_size: int) -> tuple[Path, dict]:

@@ -241,7 +241,7 @@ def run(cfg: Evaluation, argv: list[str] | None = None) -> dict:
 
     # 5. plug-ins, beside the table: its sets, purifications and victims are untouched
     plugin_rows, works = plugin_stage(cfg, data_flags, out, clean_folder, clean_models, clean_ckpt, clean_sha, original_of, victims,
-                                      results, scenarios)
+                                      results, scenarios, {"clean_ebm": clean_ckpt, "poisoned_ebm": poisoned_ckpt})
     clock.lap("plugins")
 
     # 6. report
@@ -259,15 +259,17 @@ def run(cfg: Evaluation, argv: list[str] | None = None) -> dict:
 
 
 def plugin_stage(cfg: Evaluation, data_flags: list[str], out: Path, clean_folder: Path, clean_models: dict, clean_ckpt: Path, clean_sha: str, original_of: dict,
-                 victims: "Victims", results: list[dict], scenarios: list) -> tuple[list[dict], dict[str, bool]]:
+                 victims: "Victims", results: list[dict], scenarios: list, ebms: dict[str, Path] | None = None
+                 ) -> tuple[list[dict], dict[str, bool]]:
     """Plug-in attacks (per target class, victims for none, JPEG and every T) and plug-in defenses (against every
-    triggered attack that works undefended); rows with their floors, and which attacks work."""
+    triggered attack that works undefended); rows with their floors, and which attacks work. ``ebms`` fills the
+    ``{clean_ebm}`` and ``{poisoned_ebm}`` of ``plugins.attack_args``."""
     A, D, P = cfg.attacks, cfg.defenses, cfg.plugins
     rows, plugin_scenarios = [], []
     for attack in P.attacks:
         for k, target in enumerate(A.target_classes):
             folder, spec = poison(out / "data", f"{attack}_c{target}", "--attack", attack, "--target_class", str(target),
-                                  "--seed", str(k), *plugin_report.attack_flags(cfg, attack), *data_flags)
+                                  "--seed", str(k), *plugin_report.attack_flags(cfg, attack, ebms), *data_flags)
             plugin_scenarios.append((attack, k, folder, spec))
             images, labels, ids = load_set(folder)
             key = digest(clean_sha, P.sweep, D.batch_size, D.jpeg_quality, images, *(["channels_last"] if D.channels_last else []))

@@ -138,7 +138,8 @@ class PluginSettings:
 
     Args:
         attacks: registered attacks (one scenario per target class; their signature's defaults).
-        attack_args: ``NAME:--option=value``: an option of a plug-in attack.
+        attack_args: ``NAME:--option=value``: an option of a plug-in attack; ``{clean_ebm}`` and ``{poisoned_ebm}``
+            stand for the evaluation's EBM checkpoints (``adaptive_badnets:--ebm_path={clean_ebm}``: white-box).
         sweep: the T the plug-in attacks are purified at (null: the defenses' sweep).
         defenses: registered defenses (their defaults) measured against every triggered attack that works undefended.
     """

@@ -1,0 +1,109 @@
+"""Gradients through PureEBM's chain (what defense-aware attacks optimise through), and the attacks that use them."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from pureebm_lightning.chain_gradient import DifferentiablePurification
+from pureebm_lightning.cli import main
+from pureebm_lightning.langevin import LangevinSampler
+
+from .conftest import TINY_POISON_DATA
+
+
+def tiny_net() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.Softplus(), nn.Flatten(), nn.Linear(64, 1), nn.Flatten(0)).double()
+
+
+def start_images() -> torch.Tensor:
+    return torch.rand(2, 1, 4, 4, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * 1.6 - 0.8
+
+
+@pytest.mark.parametrize("checkpoint", [False, True])
+def test_the_exact_gradient_through_the_chain_matches_finite_differences(checkpoint):
+    net, sampler, x = tiny_net(), LangevinSampler(step_size=0.1, temperature=0.05), start_images()
+    chain = DifferentiablePurification(net, sampler, 5, "exact", checkpoint=checkpoint)
+    weights = torch.randn(x.shape, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+
+    def objective(start: torch.Tensor) -> torch.Tensor:
+        return (chain(start, torch.Generator().manual_seed(3)) * weights).sum()
+
+    leaf = x.clone().requires_grad_(True)
+    objective(leaf).backward()
+    numeric, h = torch.zeros_like(x), 1e-6
+    for i in range(x.numel()):
+        step = torch.zeros(x.numel(), dtype=x.dtype)
+        step[i] = h
+        step = step.view_as(x)
+        numeric.view(-1)[i] = (objective(x + step) - objective(x - step)) / (2 * h)
+    assert torch.allclose(leaf.grad, numeric, atol=1e-7, rtol=1e-6)
+    assert leaf.grad.abs().max() > 0.1  # the chain's Jacobian is far from zero: the comparison means something
+
+
+def test_the_chain_is_the_defenders_chain_and_bpda_passes_the_gradient_straight_through():
+    net, sampler, x = tiny_net(), LangevinSampler(step_size=0.1, temperature=0.05), start_images()
+    expected = sampler.sample(net, x, 5, generator=torch.Generator().manual_seed(3)).samples.clamp(-1, 1)
+    exact = DifferentiablePurification(net, sampler, 5, "exact")(x, torch.Generator().manual_seed(3))
+    assert torch.allclose(exact, expected, atol=1e-12, rtol=0)
+    leaf = x.clone().requires_grad_(True)
+    out = DifferentiablePurification(net, sampler, 5, "bpda")(leaf, torch.Generator().manual_seed(3))
+    assert torch.equal(out.detach(), expected)
+    weights = torch.randn(x.shape, dtype=torch.float64)
+    (out * weights).sum().backward()
+    assert torch.equal(leaf.grad, weights)
+
+
+def test_eot_averages_independent_draws_of_the_chains_noise():
+    net, sampler, x = tiny_net(), LangevinSampler(step_size=0.1, temperature=0.05), start_images()
+    one = DifferentiablePurification(net, sampler, 4, "exact")
+    generator = torch.Generator().manual_seed(5)
+    draws = [one(x, generator) for _ in range(3)]
+    averaged = DifferentiablePurification(net, sampler, 4, "exact", eot=3)(x, torch.Generator().manual_seed(5))
+    assert torch.allclose(averaged, torch.stack(draws).mean(0), atol=1e-12) and not torch.equal(draws[0], draws[1])
+
+
+def test_settings_out_of_range_are_refused():
+    net, sampler = tiny_net(), LangevinSampler()
+    for kwargs, message in (({"gradient": "none"}, "exact or bpda"), ({"eot": 0}, "eot >= 1"), ({"steps": -1}, "steps >= 0")):
+        with pytest.raises(ValueError, match=message):
+            DifferentiablePurification(net, sampler, **{"steps": 3, **kwargs})
+
+
+# ---- the defense-aware attacks on real digits ------------------------------------------------------------------------
+def test_adaptive_badnets_optimises_a_patch_that_the_chain_changes_less(tmp_path, grey_ebm):
+    out = tmp_path / "poisoned"
+    main(["poison", "adaptive_badnets", "--out", str(out), *TINY_POISON_DATA, "--ebm_path", str(grey_ebm), "--budget", "0.05",
+          "--steps", "30", "--lr", "0.2", "--chain_steps", "10", "--batch_size", "16"])
+    record = json.loads((out / "poison.json").read_text())
+    objective = record["objective"]
+    # the squared change the chain makes to the patch falls (it includes the chain's noise, which no patch removes)
+    assert objective["last_steps_mean"] < 0.8 * objective["first_steps_mean"]
+    assert objective["no_trigger"] > 0 and objective["trigger"] > 0  # RMS change of the checkerboard and of this patch
+    awareness = record["defense_awareness"]
+    assert awareness["ebm"] == str(grey_ebm.resolve()) and awareness["awareness"] == "exact" and awareness["chain_steps"] == 10
+
+
+@pytest.mark.parametrize("gradient", ["bpda", "energy"])
+def test_adaptive_narcissus_records_what_the_attacker_knew_and_lowers_its_own_objective(tmp_path, grey_ebm, gradient):
+    out = tmp_path / gradient
+    main(["poison", "adaptive_narcissus", "--out", str(out), *TINY_POISON_DATA, "--ebm_path", str(grey_ebm), "--budget", "0.05",
+          "--steps", "20", "--lr", "0.1", "--chain_steps", "5", "--batch_size", "16", "--surrogate_epochs", "2",
+          "--gradient", gradient, "--epsilon", "16"])
+    record = json.loads((out / "poison.json").read_text())
+    objective, awareness = record["objective"], record["defense_awareness"]
+    assert record["clean_label"] and record["linf_255"] <= 16
+    assert awareness["awareness"] == gradient and awareness["ebm_sha256"] and awareness["chain_steps"] == 5
+    assert objective["last_steps_mean"] < objective["first_steps_mean"]
+    if gradient == "bpda":  # through the attacker's chain, the trigger moves the surrogate towards the target
+        assert objective["purified_trigger"] < objective["purified_no_trigger"]
+
+
+def test_a_defense_aware_attack_without_an_ebm_says_what_it_needs(tmp_path):
+    with pytest.raises(SystemExit, match="a defense-aware attack needs the EBM it attacks: --ebm_path"):
+        main(["poison", "adaptive_badnets", "--out", str(tmp_path / "p"), *TINY_POISON_DATA])
+    assert not (tmp_path / "p").exists()
