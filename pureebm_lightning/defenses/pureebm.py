@@ -15,6 +15,7 @@ from pureebm_lightning.defenses import register_defense
 from pureebm_lightning.errors import CheckpointError, PoisonedDataError
 from pureebm_lightning.images import to_signed_unit, to_uint8
 from pureebm_lightning.langevin import LangevinSampler
+from pureebm_lightning.stopping_rule import EnergyStop, sample_until
 
 
 @register_defense()
@@ -34,9 +35,14 @@ class Purifier(Defense):
 
     def __init__(self, energy_net: nn.Module, sampler: LangevinSampler, steps: int = 150, seed: int = 0,
                  checkpoint: str | None = None, checkpoint_sha256: str | None = None,
-                 image_shape: tuple[int, int, int] | None = None, pretrained: dict[str, Any] | None = None) -> None:
+                 image_shape: tuple[int, int, int] | None = None, pretrained: dict[str, Any] | None = None,
+                 stop: EnergyStop | None = None) -> None:
         if steps < 0:
             raise ValueError(f"steps must be >= 0, got {steps}")
+        self.stop = stop  # stop each chain on its own (steps is then its max_steps)
+        self.last_steps: Tensor | None = None  # with ``stop``: the steps each image of the last call took
+        self.clean_energy_quantiles: dict[str, float] | None = None  # an exported EBM's, for calibrating ``stop``
+        steps = stop.max_steps if stop is not None else steps
         self.energy_net, self.sampler, self.steps, self.seed = energy_net.eval(), sampler, steps, seed
         self.checkpoint, self.checkpoint_sha256, self.image_shape = checkpoint, checkpoint_sha256, image_shape
         self.pretrained = pretrained  # PretrainedEBM.record() of a Hub repo or folder (None: a checkpoint, or built here)
@@ -68,7 +74,9 @@ class Purifier(Defense):
 
         ebm = load_pretrained(source)
         steps = steps if steps is not None else ebm.recommended_steps if ebm.recommended_steps is not None else 150
-        return cls(ebm.energy_net, ebm.sampler, steps, seed, ebm.describe(), None, ebm.image_shape, ebm.record())
+        purifier = cls(ebm.energy_net, ebm.sampler, steps, seed, ebm.describe(), None, ebm.image_shape, ebm.record())
+        purifier.clean_energy_quantiles = ((ebm.config or {}).get("energy_gap") or {}).get("clean_quantiles")
+        return purifier
 
     @classmethod
     def from_source(cls, source: str | Path, steps: int | None = None, seed: int = 0) -> "Purifier":
@@ -82,6 +90,9 @@ class Purifier(Defense):
     name = "pureebm"
 
     def describe(self) -> str:
+        if self.stop is not None:
+            return (f"energy stop (threshold {self.stop.threshold:.4g}, patience {self.stop.patience}, at most "
+                    f"{self.stop.max_steps} steps), eps = {self.sampler.step_size}, tau = {self.sampler.temperature}")
         return f"T = {self.steps}, eps = {self.sampler.step_size}, tau = {self.sampler.temperature}"
 
     def settings(self) -> dict[str, Any]:
@@ -92,7 +103,7 @@ class Purifier(Defense):
         return {
             "defense": self.name, **weights, "steps": self.steps,
             "step_size": self.sampler.step_size, "temperature": self.sampler.temperature, "seed": self.seed,
-            "clamp": [-1.0, 1.0], "quantised_bits": 8,
+            "clamp": [-1.0, 1.0], "quantised_bits": 8, **({"stop": self.stop.settings()} if self.stop is not None else {}),
         }
 
     def record(self) -> dict[str, Any]:
@@ -137,7 +148,11 @@ class Purifier(Defense):
         if param is not None and param.device != x.device:
             self.energy_net.to(x.device)
         gen = self.generator(x.device, first_index, epoch)
-        out = to_uint8(self.sampler.sample(self.energy_net, x, self.steps, generator=gen).samples)
+        if self.stop is not None:
+            end, self.last_steps = sample_until(self.sampler, self.energy_net, x, self.stop, generator=gen)
+            out = to_uint8(end)
+        else:
+            out = to_uint8(self.sampler.sample(self.energy_net, x, self.steps, generator=gen).samples)
         return out if images.dtype == torch.uint8 else to_signed_unit(out).to(images.dtype)
 
     def walk(self, images: Tensor, first_index: int, points: list[int]):

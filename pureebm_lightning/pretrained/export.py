@@ -71,7 +71,8 @@ def measure_gap(net: nn.Module, images: torch.Tensor, perturbation: float, data:
     e_clean, e_pert = torch.cat(clean), torch.cat(perturbed)
     return {"data": data, "images": len(images), "perturbation_255": round(perturbation * 255, 6),
             "energy_clean": e_clean.mean().item(), "energy_perturbed": e_pert.mean().item(),
-            "energy_gap": (e_pert - e_clean).mean().item(), "perturbed_higher": (e_pert > e_clean).float().mean().item()}
+            "energy_gap": (e_pert - e_clean).mean().item(), "perturbed_higher": (e_pert > e_clean).float().mean().item(),
+            "clean_quantiles": {f"{q:g}": torch.quantile(e_clean, q).item() for q in (0.1, 0.25, 0.5, 0.75, 0.9)}}
 
 
 def export_ebm(ckpt_path: str | Path, out: str | Path, steps: int = 150, data: str | None = None, images: int = 1000,

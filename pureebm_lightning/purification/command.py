@@ -39,6 +39,16 @@ def check_arguments(cfg) -> None:
         raise UsageError("--tf32, --channels_last and --compile speed up an EBM: they need --ckpt_path")
     if defense != "pureebm" and cfg.diagnostics:
         raise UsageError("--diagnostics follows an EBM's Langevin chain: it needs --ckpt_path")
+    if cfg.stop is not None:
+        if cfg.stop != "energy":
+            raise UsageError(f"--stop {cfg.stop}: unknown; the stopping rules are: energy")
+        if defense != "pureebm":
+            raise UsageError("--stop stops an EBM's Langevin chains: it needs --ckpt_path")
+        if cfg.steps is not None or cfg.diagnostics:
+            raise UsageError("--stop sets each chain's steps itself: drop --steps (the cap is --stop_max_steps) and --diagnostics")
+        if not 0 < cfg.stop_quantile < 1 or cfg.stop_patience < 1 or not 0 <= cfg.stop_min_steps <= cfg.stop_max_steps or cfg.stop_max_steps < 1:
+            raise UsageError("--stop_quantile must be in (0, 1), --stop_patience at least 1, and 0 <= --stop_min_steps <= "
+                             "--stop_max_steps (at least 1)")
     if cfg.jpeg_quality is not None and not 1 <= cfg.jpeg_quality <= 95:
         raise UsageError(f"--jpeg_quality must be in 1..95, got {cfg.jpeg_quality}")
 
@@ -49,12 +59,45 @@ def make_defense(cfg):
 
     if cfg.defense == "pureebm":  # a checkpoint, a pretrained folder or hf://owner/name[@revision]
         purifier = DEFENSES["pureebm"].from_source(cfg.ckpt_path, steps=cfg.steps, seed=cfg.seed)
+        if cfg.stop is not None:
+            purifier.stop = energy_stop(cfg, purifier)
+            purifier.steps = purifier.stop.max_steps
         cfg.steps = purifier.steps  # without --steps: the EBM's recommended T, else 150
         return purifier
     if cfg.defense == "jpeg":
         return DEFENSES["jpeg"](cfg.jpeg_quality)
     options = cfg.get(cfg.defense)
     return DEFENSES[cfg.defense](**(options.as_dict() if options is not None else {}))
+
+
+def energy_stop(cfg, purifier):
+    """The energy stopping rule ``cfg`` asks for, its threshold given, calibrated on ``--stop_calibration``, or read from
+    the quantiles an exported EBM stores."""
+    from pureebm_lightning.stopping_rule import EnergyStop, calibrate
+
+    threshold = cfg.stop_threshold
+    if threshold is None and cfg.stop_calibration is not None:
+        threshold = calibrate(purifier.energy_net, calibration_images(cfg.stop_calibration, purifier.image_shape), cfg.stop_quantile)
+    if threshold is None:
+        stored = (purifier.clean_energy_quantiles or {}).get(f"{cfg.stop_quantile:g}")
+        if stored is None:
+            raise UsageError(f"--stop energy needs its threshold: --stop_calibration with clean held-out images, or "
+                             f"--stop_threshold (this EBM stores no clean-energy quantile {cfg.stop_quantile:g}; "
+                             "`pureebm export --data` stores them)")
+        threshold = float(stored)
+    return EnergyStop(threshold, cfg.stop_patience, cfg.stop_min_steps, cfg.stop_max_steps,
+                      cfg.stop_quantile if cfg.stop_threshold is None else None)
+
+
+def calibration_images(data: str, shape):
+    """Clean images ([-1, 1]) for the stopping rule: a folder ``pureebm purify`` reads, or ``digits``."""
+    from pureebm_lightning.pretrained.export import gap_images
+
+    if shape is None:
+        from pureebm_lightning.sources import open_source
+
+        shape = open_source(data).shape
+    return gap_images(data, tuple(shape), 100_000)
 
 
 def purify(argv: list[str]) -> None:
@@ -114,4 +157,8 @@ def purify(argv: list[str]) -> None:
         if module.diagnostics is not None:
             csv_path, png_path = write_diagnostics(module.diagnostics, out, title=f"{source.root.name}, {purifier.describe()}")
             rank_zero_info(f"Diagnostics ({module.diagnostics['images']} images purified in this run): {csv_path}, {png_path}")
+        if module.steps_summary is not None and module.steps_summary["images"]:
+            summary = module.steps_summary
+            rank_zero_info(f"Stopping rule: {summary['mean_steps']:.1f} steps per image on average, at most {summary['max_steps']} "
+                           f"({summary['images']} images purified in this run)")
         rank_zero_info(f"Purified {len(source)} images ({purifier.describe()}) into {out}")

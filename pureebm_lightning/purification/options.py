@@ -68,6 +68,18 @@ def build_parser(defense: str | None = None) -> ArgumentParser:
     parser.add_argument("--diagnostics", action=ActionYesNo, default=False,
                         help="record mean energy and L2 distance from the start along the chain: purify_diagnostics.csv/.png")
     parser.add_argument("--diagnostic_points", type=int, default=10, help="intervals between recorded steps")
+    group = parser.add_argument_group("Stopping rule (PureEBM: each chain stops on its own instead of a fixed --steps)")
+    group.add_argument("--stop", type=str | None, default=None,
+                       help="energy: stop a chain once its energy has stayed below the clean images' --stop_quantile for "
+                       "--stop_patience steps (at most --stop_max_steps)")
+    group.add_argument("--stop_calibration", type=str | None, default=None,
+                       help="clean held-out images (a folder, or digits) whose energies set the threshold (default: the "
+                       "quantiles a `pureebm export --data` folder stores)")
+    group.add_argument("--stop_quantile", type=float, default=0.5, help="the quantile of clean energies a chain must reach")
+    group.add_argument("--stop_threshold", type=float | None, default=None, help="the energy threshold itself (no calibration)")
+    group.add_argument("--stop_patience", type=int, default=10, help="consecutive steps below the threshold before stopping")
+    group.add_argument("--stop_min_steps", type=int, default=0, help="steps every chain takes before it may stop")
+    group.add_argument("--stop_max_steps", type=int, default=1000, help="the cap on the steps of any chain")
     group = parser.add_argument_group("GPU speed (SpeedOptions; bf16 is --trainer.precision bf16-mixed)")
     group.add_argument("--tf32", action=ActionYesNo, default=False, help="TF32 matmuls and convolutions (changes numerics)")
     group.add_argument("--channels_last", action=ActionYesNo, default=False, help="channels-last energy net and chains")

@@ -1,0 +1,86 @@
+"""The security table: each defense-aware attack of an evaluation folder next to its non-adaptive version, with no
+defense, JPEG and PureEBM at T = 150 (means ± standard deviation over target classes).
+
+Reads what `pureebm evaluate` wrote (victims.jsonl, and each poisoned folder's poison.json for what the attacker
+knew); trains nothing. Run it after the evaluation with the defense-aware overlay:
+
+    pureebm evaluate --config configs/evaluate/digits.yaml --config configs/evaluate/digits_defense_aware.yaml --out runs/evaluate/digits
+    python studies/security_table.py --out runs/evaluate/digits
+
+Prints markdown; --csv also writes <out>/security_table.csv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from collections import defaultdict
+from pathlib import Path
+from statistics import mean, stdev
+
+#: the non-adaptive attack each defense-aware one is measured against
+BASELINE = {"adaptive_badnets": "badnets", "adaptive_narcissus": "narcissus"}
+DEFENSES = [("none", "none"), ("jpeg", "JPEG"), ("T150", "PureEBM T=150")]
+
+
+def variant(out: Path, folder: str) -> str:
+    """What the attacker of ``folder`` knew, in words (from its poison.json)."""
+    spec = json.loads((out / "data" / folder / "poison.json").read_text())
+    aware = spec.get("defense_awareness")
+    if not aware:
+        return "not defense-aware"
+    ebm = Path(aware["ebm"]).as_posix()
+    box = "white-box (the defender's clean EBM)" if "/ebm/clean_" in ebm else f"grey-box (EBM {Path(ebm).parents[3].name})"
+    how = {"bpda": "BPDA through", "exact": "exact gradient through", "energy": "low energy under"}[aware["awareness"]]
+    chain = f"{how} T = {aware['chain_steps']}" if aware["awareness"] != "energy" else how + " the EBM"
+    return f"{chain}, {box}"
+
+
+def stat(values: list[float]) -> str:
+    values = [100 * v for v in values]
+    if not values:
+        return "n/a"
+    return f"{mean(values):.2f} ± {stdev(values):.2f}" if len(values) > 1 else f"{values[0]:.2f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True, help="the evaluation folder")
+    parser.add_argument("--csv", action="store_true", help="also write <out>/security_table.csv")
+    args = parser.parse_args()
+    out = Path(args.out)
+    rows = [json.loads(line) for line in (out / "victims.jsonl").read_text().splitlines() if line.strip()]
+    cells: dict[tuple[str, str, str], list[dict]] = defaultdict(list)
+    adaptive = sorted({(r["attack"], r["key"].split("|")[0]) for r in rows if r["attack"] in BASELINE})
+    labels = {folder: variant(out, folder) for _, folder in adaptive}
+    for r in rows:
+        folder = r["key"].split("|")[0]
+        if r["attack"] in BASELINE:
+            cells[(r["attack"], labels[folder], r["defense"])].append(r)
+        elif r["attack"] in BASELINE.values() and "_c" in folder:
+            cells[(r["attack"], "not defense-aware (the main table)", r["defense"])].append(r)
+    lines = ["| attack | what the attacker knew | " + " | ".join(f"{name} success % | {name} nat. %" for _, name in DEFENSES) + " |",
+             "|---|---|" + "---|---|" * len(DEFENSES)]
+    table = []
+    for attack in sorted(BASELINE):
+        variants = ["not defense-aware (the main table)", *sorted({labels[f] for a, f in adaptive if a == attack})]
+        for name, label in ((BASELINE[attack], variants[0]), *((attack, v) for v in variants[1:])):
+            cols = []
+            for key, _ in DEFENSES:
+                found = cells.get((name, label, key), [])
+                score = "success_x3" if name.endswith("narcissus") else "success_x1"
+                cols += [stat([r[score] for r in found if score in r]), stat([r["natural"] for r in found])]
+                table.append({"attack": name, "variant": label, "defense": key, "n": len(found),
+                              "success": [r.get(score) for r in found], "natural": [r["natural"] for r in found]})
+            lines.append(f"| {name}{' (x3)' if name.endswith('narcissus') else ''} | {label} | " + " | ".join(cols) + " |")
+    print("\n".join(lines))
+    if args.csv:
+        with open(out / "security_table.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=["attack", "variant", "defense", "n", "success", "natural"])
+            writer.writeheader()
+            writer.writerows(table)
+
+
+if __name__ == "__main__":
+    main()
