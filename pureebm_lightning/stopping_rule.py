@@ -50,23 +50,32 @@ def calibrate(energy_net: nn.Module, clean: Tensor, quantile: float = 0.5, batch
 def sample_until(sampler: LangevinSampler, energy_net: nn.Module, x: Tensor, rule: EnergyStop,
                  generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
     """The chains of :meth:`LangevinSampler.sample` from ``x``, each stopped by ``rule``; returns the final states and
-    the number of steps each image took."""
+    the number of steps each image took. Only running chains are computed (a step costs what is still moving)."""
     state = x.detach().clone(memory_format=sampler.memory_format)
     noise = torch.empty_like(state, memory_format=torch.contiguous_format)
     steps = torch.zeros(len(x), dtype=torch.long, device=x.device)
     below = torch.zeros(len(x), dtype=torch.long, device=x.device)
     active = torch.ones(len(x), dtype=torch.bool, device=x.device)
-    shape = (-1,) + (1,) * (x.dim() - 1)
     for _ in range(rule.max_steps):
-        energy, grad = sampler.energy_grad(energy_net, state)
-        below = torch.where(energy.float() <= rule.threshold, below + 1, torch.zeros_like(below))
-        active &= ~((steps >= rule.min_steps) & (below >= rule.patience))
-        noise.normal_(generator=generator)  # drawn for every chain, stopped or not: determinism
-        moved = state.clone().add_(grad, alpha=-sampler.drift).add_(noise, alpha=sampler.step_size)  # sample()'s step
-        if sampler.clamp is not None:
-            moved = moved.clamp(*sampler.clamp)
-        state = torch.where(active.view(shape), moved, state)
-        steps += active.long()
-        if not bool(active.any()):
+        running = active.nonzero().squeeze(1)
+        if len(running) == 0:
             break
+        everyone = len(running) == len(x)  # the whole block: exactly sample()'s computation
+        energy, grad = sampler.energy_grad(energy_net, state if everyone else state[running])
+        count = torch.where(energy.float() <= rule.threshold, below[running] + 1, torch.zeros_like(running))
+        below[running] = count
+        stops = (steps[running] >= rule.min_steps) & (count >= rule.patience)
+        active[running[stops]] = False
+        noise.normal_(generator=generator)  # drawn for every chain, stopped or not: an image's path is its own
+        go = running[~stops]
+        if len(go) == 0:
+            break
+        if everyone and not bool(stops.any()):
+            state.add_(grad, alpha=-sampler.drift).add_(noise, alpha=sampler.step_size)  # sample()'s step, in place
+            if sampler.clamp is not None:
+                state.clamp_(*sampler.clamp)
+        else:
+            moved = state[go].add_(grad[~stops], alpha=-sampler.drift).add_(noise[go], alpha=sampler.step_size)
+            state[go] = moved.clamp(*sampler.clamp) if sampler.clamp is not None else moved
+        steps[go] += 1
     return state, steps

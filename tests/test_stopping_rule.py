@@ -44,7 +44,7 @@ def test_each_chain_stops_where_its_own_energy_has_stayed_below_the_threshold_fo
     for i in range(len(x)):
         below = energies[:, i] <= rule.threshold
         stop = next(t for t in range(rule.max_steps) if t >= rule.patience - 1 and bool(below[t - rule.patience + 1 : t + 1].all()))
-        assert steps[i] == stop and torch.equal(end[i], path[stop][i])
+        assert steps[i] == stop and torch.allclose(end[i], path[stop][i], atol=1e-6, rtol=0)
 
 
 def test_a_bad_rule_is_refused():
@@ -65,6 +65,7 @@ def test_pureebm_purify_stop_is_deterministic_recorded_and_reports_its_steps(tmp
     rule = manifest["stop"]
     assert rule["rule"] == "energy" and rule["patience"] == 3 and rule["max_steps"] == 40 and rule["quantile"] == 0.9
     assert manifest["steps"] == 40 and "stop" in manifest["identity"]
+    assert manifest["stop_steps"]["images"] == 12 and 3 <= manifest["stop_steps"]["mean_steps"] <= manifest["stop_steps"]["max_steps"] <= 40
     pngs = sorted(p.relative_to(tmp_path / "a") for p in (tmp_path / "a").rglob("*.png"))
     assert len(pngs) == 12 and all((tmp_path / "a" / p).read_bytes() == (tmp_path / "b" / p).read_bytes() for p in pngs)
     assert "steps per image on average" in caplog.text
