@@ -75,15 +75,15 @@ def test_settings_out_of_range_are_refused():
 
 
 # ---- the defense-aware attacks on real digits ------------------------------------------------------------------------
-def test_adaptive_badnets_optimises_a_patch_that_the_chain_changes_less(tmp_path, grey_ebm):
+def test_adaptive_badnets_optimises_a_patch_more_of_which_survives_the_chain(tmp_path, grey_ebm):
     out = tmp_path / "poisoned"
     main(["poison", "adaptive_badnets", "--out", str(out), *TINY_POISON_DATA, "--ebm_path", str(grey_ebm), "--budget", "0.05",
           "--steps", "30", "--lr", "0.2", "--chain_steps", "10", "--batch_size", "16"])
     record = json.loads((out / "poison.json").read_text())
     objective = record["objective"]
-    # the squared change the chain makes to the patch falls (it includes the chain's noise, which no patch removes)
-    assert objective["last_steps_mean"] < 0.8 * objective["first_steps_mean"]
-    assert objective["no_trigger"] > 0 and objective["trigger"] > 0  # RMS change of the checkerboard and of this patch
+    # the (negative) mean square of the patch's surviving signal falls: more of the trigger comes through the chain
+    assert objective["last_steps_mean"] < objective["first_steps_mean"] < 0
+    assert objective["trigger"] > 0 and objective["no_trigger"] > 0  # RMS surviving signal of this patch and of the checkerboard
     awareness = record["defense_awareness"]
     assert awareness["ebm"] == str(grey_ebm.resolve()) and awareness["awareness"] == "exact" and awareness["chain_steps"] == 10
 

@@ -29,14 +29,21 @@ class AttackerEBM:
     energy_scale: float = 1.0  # std of the EBM's energies on the images the attack starts from
     generator: torch.Generator | None = None  # the chain's noise (the defender's own draws are unknown to the attacker)
 
-    def chain(self, x: Tensor) -> Tensor:
-        """Psi_T of ``x`` with the chosen gradient, a fresh noise draw each call."""
-        return self.purification(x, self.generator)
+    def chain(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Psi_T of ``x`` with the chosen gradient; noise from ``generator`` (default: a fresh draw of the attack's own)."""
+        return self.purification(x, self.generator if generator is None else generator)
 
     @torch.no_grad()
-    def purified(self, x: Tensor) -> Tensor:
+    def purified(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """The value of Psi_T(``x``) under the attacker's EBM (for measuring what a trigger keeps, whatever the awareness)."""
-        return self.sampler.sample(self.energy_net, x, self.chain_steps, generator=self.generator).samples.clamp(-1, 1)
+        generator = self.generator if generator is None else generator
+        return self.sampler.sample(self.energy_net, x, self.chain_steps, generator=generator).samples.clamp(-1, 1)
+
+    def twin_generators(self, seed: int) -> tuple[torch.Generator, torch.Generator]:
+        """Two generators in the same state: chains from two images with the same noise (common random numbers), so
+        that their difference is what the images' difference makes, not the noise's."""
+        device = self.generator.device if self.generator is not None else "cpu"
+        return tuple(torch.Generator(device=device).manual_seed(seed) for _ in range(2))
 
     def energy_penalty(self, x: Tensor, reference: Tensor) -> Tensor:
         """The mean energy of ``x`` above that of the images ``reference``, in standard deviations of clean energies."""

@@ -1,10 +1,13 @@
 """Defense-aware BadNets: the patch keeps BadNets' place, size, budget and relabelling, but its pixel values are
-optimised, with the defender's EBM (``ebm_path``), to come through purification unchanged.
+optimised, with the defender's EBM (``ebm_path``), so that as much of it as possible comes through purification.
 
-``gradient`` ``exact`` minimises, over the poisoned images, the squared change that Psi_T (``chain_steps`` Langevin
-steps, backpropagated through every step) makes to the patch region, so that what the victim learns from is the patch
-the attacker adds at test time. ``energy`` instead minimises the EBM's energy of images carrying the patch (no chain:
-cheap). A straight-through (BPDA) gradient is not offered: the identity has no change to minimise.
+What a victim trained on the purified set can learn from is the trigger's *surviving signal*: the difference, in the
+patch region, between Psi_T(x with the patch) and Psi_T(x), both chains with the same noise. ``gradient`` ``exact``
+maximises its mean square, backpropagated through every one of the ``chain_steps`` Langevin steps. (Minimising the
+change Psi_T makes to the patch instead is degenerate: a patch equal to the background it replaces is unchanged,
+and carries no trigger.) ``energy`` instead minimises the EBM's energy of images carrying the patch (no chain:
+cheap). A straight-through (BPDA) gradient is not offered: with the identity as the chain's Jacobian the surviving
+signal's gradient would not see the chain at all.
 """
 
 from __future__ import annotations
@@ -38,21 +41,20 @@ def paste(images: torch.Tensor, patch: torch.Tensor, row: int, col: int) -> torc
 @torch.enable_grad()
 def optimise_patch(attacker, images: torch.Tensor, start: torch.Tensor, row: int, col: int, steps: int, lr: float,
                    batch_size: int, seed: int, progress: bool = True) -> tuple[torch.Tensor, list[float]]:
-    """The patch ((C, s, s), [-1, 1]) that Psi_T changes least on ``images`` (or of lowest energy), from ``start``."""
+    """The patch ((C, s, s), [-1, 1]) whose surviving signal through Psi_T is largest on ``images`` (or of lowest
+    energy), from ``start``; the loss of every step (the negative mean square signal, or the energy)."""
     device = next(attacker.energy_net.parameters()).device
     images, generator = images.to(device), torch.Generator().manual_seed(seed)
-    weights = torch.atanh(start.to(device).clamp(-0.9, 0.9)).requires_grad_(True)  # patch = tanh(weights), in (-1, 1)
+    weights = torch.atanh(start.to(device).clamp(-0.99, 0.99)).requires_grad_(True)  # patch = tanh(weights): Adam steps are scale-free
     optimizer = torch.optim.Adam([weights], lr=lr)
-    size, history = start.shape[-1], []
-    for _ in tqdm(range(steps), desc="Defense-aware patch", disable=not progress, leave=False):
+    history = []
+    for step in tqdm(range(steps), desc="Defense-aware patch", disable=not progress, leave=False):
         batch = images[torch.randperm(len(images), generator=generator)[:batch_size].to(device)]
-        patch = torch.tanh(weights)
-        pasted = paste(batch, patch, row, col)
+        pasted = paste(batch, torch.tanh(weights), row, col)
         if attacker.purification is None:
             loss = attacker.energy_penalty(pasted, batch)
         else:
-            region = (attacker.chain(pasted) - pasted)[..., row:row + size, col:col + size]
-            loss = region.pow(2).mean()
+            loss = -surviving_signal(attacker, batch, pasted, row, col, start.shape[-1], seed * 100_003 + step).pow(2).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -60,15 +62,25 @@ def optimise_patch(attacker, images: torch.Tensor, start: torch.Tensor, row: int
     return torch.tanh(weights).detach().cpu(), history
 
 
+def surviving_signal(attacker, clean: torch.Tensor, pasted: torch.Tensor, row: int, col: int, size: int, seed: int,
+                     differentiable: bool = True) -> torch.Tensor:
+    """Psi_T(pasted) - Psi_T(clean) in the patch region, the two chains with the same noise."""
+    first, second = attacker.twin_generators(seed)
+    with torch.no_grad():
+        reference = attacker.purified(clean, second)
+    purified = attacker.chain(pasted, first) if differentiable else attacker.purified(pasted, first)
+    return (purified - reference)[..., row:row + size, col:col + size]
+
+
 @torch.no_grad()
-def patch_change(attacker, images: torch.Tensor, patch: torch.Tensor, row: int, col: int, batch_size: int = 128) -> float:
-    """Root-mean-square change, in 1/255, that the attacker's Psi_T makes to the patch region (the optimised quantity)."""
-    size, total, count = patch.shape[-1], 0.0, 0
-    device = next(attacker.energy_net.parameters()).device
-    for chunk in images.split(batch_size):
-        pasted = paste(chunk.to(device), patch.to(device), row, col)
-        region = (attacker.purified(pasted) - pasted)[..., row:row + size, col:col + size]
-        total, count = total + region.pow(2).sum().item(), count + region.numel()
+def signal_rms(attacker, images: torch.Tensor, patch: torch.Tensor, row: int, col: int, seed: int, batch_size: int = 128) -> float:
+    """Root-mean-square surviving signal of ``patch`` in 1/255: how much of the trigger the attacker's Psi_T leaves."""
+    total, count, device = 0.0, 0, next(attacker.energy_net.parameters()).device
+    for i, chunk in enumerate(images.split(batch_size)):
+        chunk = chunk.to(device)
+        signal = surviving_signal(attacker, chunk, paste(chunk, patch.to(device), row, col), row, col, patch.shape[-1],
+                                  seed + i, differentiable=False)
+        total, count = total + signal.pow(2).sum().item(), count + signal.numel()
     return (total / max(count, 1)) ** 0.5 * 127.5
 
 
@@ -117,10 +129,10 @@ def adaptive_badnets(clean: CleanData, ebm_path: str | None = None, target_class
     labels[rows] = target_class
     window = max(1, len(history) // 10)
     measure = others[: 256]
-    objective = {"name": "RMS change (1/255) the attacker's Psi_T makes to the patch, BadNets' checkerboard -> this patch",
-                 "no_trigger": patch_change(attacker, measure, start, row, col),
-                 "trigger": patch_change(attacker, measure, as_written, row, col),
-                 "optimised": ("squared change Psi_T makes to the patch region" if gradient == "exact"
+    objective = {"name": "RMS surviving signal (1/255) of the patch through the attacker's Psi_T, BadNets' checkerboard -> this patch",
+                 "no_trigger": signal_rms(attacker, measure, start, row, col, seed),
+                 "trigger": signal_rms(attacker, measure, as_written, row, col, seed),
+                 "optimised": ("mean square surviving signal (maximised)" if gradient == "exact"
                                else "energy above the images without the patch, in clean standard deviations"),
                  "first_steps_mean": sum(history[:window]) / window, "last_steps_mean": sum(history[-window:]) / window}
     return Poisoning(
