@@ -37,6 +37,29 @@ def variant(out: Path, folder: str) -> str:
     return f"{chain}, {box}"
 
 
+def add_x3(out: Path, rows: list[dict], config: Path) -> None:
+    """Narcissus-style plug-in rows carry x1 only: measure x3 too, with the victims the evaluation kept (nothing trains)."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from pureebm_lightning.evaluation.command import settings
+    from pureebm_lightning.evaluation.purified_sets import digest
+    from pureebm_lightning.evaluation.victims import Victims, measure
+
+    victims = Victims(out, settings(["--config", str(config)]).resolved().victim)
+    for r in rows:
+        if r["attack"] == "adaptive_narcissus" and "success_x3" not in r:
+            folder, label, defended = r["key"].split("|")[:3]
+            key = "|".join([folder, label, defended])
+            workdir = out / "victims" / digest(key, r["victim_seed"], victims.recipe.epochs, *victims.recipe_identity())
+            if not (workdir / "done").is_file():
+                continue  # not kept: x1 only
+            poisoned = out / "data" / folder
+            trained_on = poisoned if label == "none" else out / "defended" / folder / defended
+            model = victims.model(key, trained_on, r["victim_seed"])
+            r.update(measure(model, poisoned, poisoned, magnifications=(1.0, 3.0)))
+
+
 def stat(values: list[float]) -> str:
     values = [100 * v for v in values]
     if not values:
@@ -48,9 +71,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="the evaluation folder")
     parser.add_argument("--csv", action="store_true", help="also write <out>/security_table.csv")
+    parser.add_argument("--config", default=str(Path(__file__).resolve().parents[1] / "configs/evaluate/digits.yaml"),
+                        help="the evaluation's config (its victim recipe names the kept victims)")
     args = parser.parse_args()
     out = Path(args.out)
     rows = [json.loads(line) for line in (out / "victims.jsonl").read_text().splitlines() if line.strip()]
+    add_x3(out, rows, Path(args.config))
     cells: dict[tuple[str, str, str], list[dict]] = defaultdict(list)
     adaptive = sorted({(r["attack"], r["key"].split("|")[0]) for r in rows if r["attack"] in BASELINE})
     labels = {folder: variant(out, folder) for _, folder in adaptive}

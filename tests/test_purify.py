@@ -272,7 +272,7 @@ def test_purify_help_shows_its_own_options_first_and_only_the_trainer_options_it
     options = out[out.index("options:"):]
     assert options.index("--data") < options.index("--steps") < options.index("--trainer.accelerator")
     assert "--trainer.max_epochs" not in out and "--trainer.callbacks" not in out  # not honoured: not offered
-    assert len(out.splitlines()) < 130
+    assert len(out.splitlines()) < 160  # its own options and a handful of Trainer ones, not the whole Trainer
 
 
 def test_purifier_maths(grey_ebm):
