@@ -62,7 +62,8 @@ def sample_until(sampler: LangevinSampler, energy_net: nn.Module, x: Tensor, rul
             break
         everyone = len(running) == len(x)  # the whole block: exactly sample()'s computation
         energy, grad = sampler.energy_grad(energy_net, state if everyone else state[running])
-        count = torch.where(energy.float() <= rule.threshold, below[running] + 1, torch.zeros_like(running))
+        moved_yet = steps[running] > 0  # the start image's own energy does not count: only states the chain reached
+        count = torch.where((energy.float() <= rule.threshold) & moved_yet, below[running] + 1, torch.zeros_like(running))
         below[running] = count
         stops = (steps[running] >= rule.min_steps) & (count >= rule.patience)
         active[running[stops]] = False

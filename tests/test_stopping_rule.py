@@ -43,8 +43,14 @@ def test_each_chain_stops_where_its_own_energy_has_stayed_below_the_threshold_fo
     energies = torch.stack(energies)  # energies[t] is the energy after t steps
     for i in range(len(x)):
         below = energies[:, i] <= rule.threshold
-        stop = next(t for t in range(rule.max_steps) if t >= rule.patience - 1 and bool(below[t - rule.patience + 1 : t + 1].all()))
+        stop = next(t for t in range(rule.patience, rule.max_steps) if bool(below[t - rule.patience + 1 : t + 1].all()))
         assert steps[i] == stop and torch.allclose(end[i], path[stop][i], atol=1e-6, rtol=0)
+
+
+def test_a_chain_that_starts_below_the_threshold_still_takes_patience_steps():
+    energy, sampler, x = chains()
+    end, steps = sample_until(sampler, energy, torch.zeros_like(x), EnergyStop(1e9, patience=1), torch.Generator().manual_seed(2))
+    assert steps.tolist() == [1] * 6 and not torch.equal(end, torch.zeros_like(x))  # one step, not none
 
 
 def test_a_bad_rule_is_refused():

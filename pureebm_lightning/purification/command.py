@@ -46,6 +46,9 @@ def check_arguments(cfg) -> None:
             raise UsageError("--stop stops an EBM's Langevin chains: it needs --ckpt_path")
         if cfg.steps is not None or cfg.diagnostics:
             raise UsageError("--stop sets each chain's steps itself: drop --steps (the cap is --stop_max_steps) and --diagnostics")
+        if cfg.compile:
+            raise UsageError("--stop computes only the chains still running, a batch size that changes every step, which "
+                             "--compile would recompile for: drop one of them")
         if not 0 < cfg.stop_quantile < 1 or cfg.stop_patience < 1 or not 0 <= cfg.stop_min_steps <= cfg.stop_max_steps or cfg.stop_max_steps < 1:
             raise UsageError("--stop_quantile must be in (0, 1), --stop_patience at least 1, and 0 <= --stop_min_steps <= "
                              "--stop_max_steps (at least 1)")
