@@ -60,8 +60,9 @@ def add_x3(out: Path, rows: list[dict], config: Path) -> None:
             r.update(measure(model, poisoned, poisoned, magnifications=(1.0, 3.0)))
 
 
-def stat(values: list[float]) -> str:
-    values = [100 * v for v in values]
+def stat(values: list[float], scale: float = 100) -> str:
+    """Mean ± sample standard deviation of ``values`` x ``scale`` (one value alone: itself; none: n/a)."""
+    values = [scale * v for v in values]
     if not values:
         return "n/a"
     return f"{mean(values):.2f} ± {stdev(values):.2f}" if len(values) > 1 else f"{values[0]:.2f}"

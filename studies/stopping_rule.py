@@ -16,7 +16,6 @@ import json
 import sys
 from collections import defaultdict
 from pathlib import Path
-from statistics import mean, stdev
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -24,15 +23,9 @@ sys.path.insert(0, str(ROOT))
 from pureebm_lightning.cli import main as pureebm  # noqa: E402
 from pureebm_lightning.evaluation.command import settings  # noqa: E402
 from pureebm_lightning.evaluation.victims import Victims, measure  # noqa: E402
+from studies.security_table import stat  # noqa: E402
 
 ATTACKS = ("badnets", "blended", "narcissus", "adaptive_badnets", "adaptive_narcissus")
-
-
-def stat(values: list[float], scale: float = 100) -> str:
-    values = [scale * v for v in values]
-    if not values:
-        return "n/a"
-    return f"{mean(values):.2f} ± {stdev(values):.2f}" if len(values) > 1 else f"{values[0]:.2f}"
 
 
 def main() -> None:

@@ -105,6 +105,30 @@ def rgb_ebm(tmp_path_factory) -> Path:
     return train_tiny_ebm(tmp_path_factory.mktemp("rgb_ebm"), rgb=True)
 
 
+def kill_during_second_block(monkeypatch) -> list:
+    """Make ``PurifiedStore.write`` write one block, then raise KeyboardInterrupt (a run killed during the second
+    block); returns the indices written, and ``undo()`` on it restores the real write."""
+    from pureebm_lightning.purification.purified_store import PurifiedStore
+
+    write, calls = PurifiedStore.write, KilledWrites()
+
+    def write_then_die(self, indices, images, rank=0):
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(indices)
+        write(self, indices, images, rank)
+
+    calls.undo = lambda: monkeypatch.setattr(PurifiedStore, "write", write)
+    monkeypatch.setattr(PurifiedStore, "write", write_then_die)
+    return calls
+
+
+class KilledWrites(list):
+    """The blocks a :func:`kill_during_second_block` run wrote."""
+
+    undo = None
+
+
 def write_digit_folder(root: Path, count: int = 40, rgb: bool = False, split: str = "train", size: int = 8) -> list[str]:
     """Real digits as 8-bit PNGs under root/<split>/<label>/<index>.png; returns the relative paths."""
     from PIL import Image

@@ -17,7 +17,7 @@ from pureebm_lightning.energy_nets import SNGANResNetEnergy
 from pureebm_lightning.errors import CheckpointError, PretrainedError
 from pureebm_lightning.pretrained import load_pretrained, parse_source
 from tests.authors_ebm import write_authors_folder
-from tests.conftest import QUIET_PURIFY, ROOT, write_digit_folder
+from tests.conftest import QUIET_PURIFY, ROOT, kill_during_second_block, write_digit_folder
 from tests.fake_hub import FakeHub
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -253,26 +253,16 @@ def test_purified_datamodule_takes_an_exported_folder_and_purifies_as_the_checkp
 
 # ---- purify from a pretrained source --------------------------------------------------------------------------------
 def test_purify_from_a_folder_records_it_and_an_interrupted_run_finishes_only_with_the_same_weights(tmp_path, monkeypatch):
-    from pureebm_lightning.purification.purified_store import PurifiedStore
-
     ebm, other, data = tmp_path / "ebm", tmp_path / "other", tmp_path / "poisoned"
     write_authors_folder(ebm, nf=8)
     write_authors_folder(other, nf=8, seed=1)
     write_digit_folder(data, count=8, rgb=True, size=32)
     out = tmp_path / "purified"
     command = ["purify", "--data", str(data), "--steps", "2", "--batch_size", "4", "--out", str(out), *QUIET_PURIFY]
-    write, calls = PurifiedStore.write, []
-
-    def write_then_die(self, indices, images, rank=0):
-        if calls:
-            raise KeyboardInterrupt  # killed during the second block
-        calls.append(indices)
-        write(self, indices, images, rank)
-
-    monkeypatch.setattr(PurifiedStore, "write", write_then_die)
+    calls = kill_during_second_block(monkeypatch)
     with pytest.raises(SystemExit):
         main([*command, "--ckpt_path", str(ebm)])
-    monkeypatch.setattr(PurifiedStore, "write", write)
+    calls.undo()
     assert calls == [[0, 1, 2, 3]] and not json.loads((out / "manifest.json").read_text()).get("complete")
     with pytest.raises(SystemExit, match="weights_sha256"):  # same repo layout and settings, other weights
         main([*command, "--ckpt_path", str(other)])

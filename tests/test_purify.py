@@ -22,7 +22,7 @@ from pureebm_lightning.cli import main
 from pureebm_lightning.errors import PoisonedDataError
 from pureebm_lightning.images import to_signed_unit, to_uint8
 
-from .conftest import QUIET_PURIFY, ROOT, write_digit_folder
+from .conftest import QUIET_PURIFY, ROOT, kill_during_second_block, write_digit_folder
 
 
 @pytest.fixture(autouse=True)
@@ -148,7 +148,6 @@ def test_another_runs_output_is_refused_unless_overwrite_which_replaces_it_whole
 
 def test_numpy_run_interrupted_after_one_block_resumes_block_by_block(tmp_path, grey_ebm, monkeypatch):
     from pureebm_lightning.bundled_digits import digits_images
-    from pureebm_lightning.purification.purified_store import PurifiedStore
 
     x, y = digits_images(8)
     data = tmp_path / "npy"
@@ -157,19 +156,11 @@ def test_numpy_run_interrupted_after_one_block_resumes_block_by_block(tmp_path, 
     np.save(data / "poisoned_training_labels.npy", y[:20].numpy())
     purify(data, grey_ebm, f"--out={tmp_path / 'whole'}", "--batch_size=8")
 
-    write, calls = PurifiedStore.write, []
-
-    def write_then_die(self, indices, images, rank=0):
-        if calls:
-            raise KeyboardInterrupt  # killed during the second block
-        calls.append(indices)
-        write(self, indices, images, rank)
-
-    monkeypatch.setattr(PurifiedStore, "write", write_then_die)
+    calls = kill_during_second_block(monkeypatch)
     with pytest.raises(SystemExit):  # Lightning turns Ctrl-C into a graceful exit
         purify(data, grey_ebm, f"--out={tmp_path / 'out'}", "--batch_size=8")
     assert calls == [list(range(8))] and len(list((tmp_path / "out/.chunks").glob("*.npz"))) == 1
-    monkeypatch.setattr(PurifiedStore, "write", write)
+    calls.undo()
     purify(data, grey_ebm, f"--out={tmp_path / 'out'}", "--batch_size=8")
     resumed = np.load(tmp_path / "out/poisoned_training_data.npy")
     # blocks are seeded by (seed, block), so an interrupted run ends exactly where an uninterrupted one does
