@@ -6,7 +6,8 @@ the fixed-T victims the evaluation already trained.
     pureebm evaluate --config configs/evaluate/digits.yaml --out runs/evaluate/digits      # first (or resume)
     python studies/stopping_rule.py --out runs/evaluate/digits --quantile 0.5 --patience 10
 
-Its purified sets and victims go to <out>/studies/stopping_rule/ (resumed on rerun); prints a markdown table.
+Also the fixed T the evaluation did not run for an attack (e.g. T = 300 and 1000 for the defense-aware ones). Its
+purified sets and victims go to <out>/studies/stopping_rule/ (resumed on rerun); prints a markdown table.
 """
 
 from __future__ import annotations
@@ -25,7 +26,22 @@ from pureebm_lightning.evaluation.command import settings  # noqa: E402
 from pureebm_lightning.evaluation.victims import Victims, measure  # noqa: E402
 from studies.security_table import stat  # noqa: E402
 
-ATTACKS = ("badnets", "blended", "narcissus", "adaptive_badnets", "adaptive_narcissus")
+ATTACKS = ("badnets", "blended", "narcissus", "wanet", "adaptive_badnets", "adaptive_narcissus")
+
+
+def label(spec: dict) -> str:
+    """The attack, with what the attacker optimised when it knew the defense (exact, bpda or energy)."""
+    aware = (spec.get("defense_awareness") or {}).get("awareness")
+    return f"{spec['attack']} ({aware})" if aware else spec["attack"]
+
+
+def purify(folder: Path, out: Path, ckpt: Path, batch_size: int, *flags: str) -> dict:
+    """`pureebm purify` of ``folder`` into ``out`` (kept when complete); its manifest."""
+    manifest = out / "manifest.json"
+    if not manifest.is_file() or not json.loads(manifest.read_text()).get("complete"):
+        pureebm(["purify", "--data", str(folder), "--ckpt_path", str(ckpt), "--out", str(out), "--batch_size", str(batch_size),
+                 "--trainer.enable_progress_bar", "false", *flags])
+    return json.loads(manifest.read_text())
 
 
 def main() -> None:
@@ -35,7 +51,11 @@ def main() -> None:
     parser.add_argument("--quantile", type=float, default=0.5)
     parser.add_argument("--patience", type=int, default=10)
     parser.add_argument("--max_steps", type=int, default=1000)
-    parser.add_argument("--fixed", type=int, nargs="+", default=[150, 1000], help="the fixed T to compare with")
+    parser.add_argument("--calibration_steps", type=int, default=150)
+    parser.add_argument("--fixed", type=int, nargs="+", default=[150, 300, 1000],
+                        help="the fixed T to compare with (purified and trained on here where the evaluation has none)")
+    parser.add_argument("--fixed_attacks", nargs="+", default=list(ATTACKS),
+                        help="the attacks to purify at the fixed T the evaluation lacks")
     args = parser.parse_args()
     out = Path(args.out)
     cfg = settings(["--config", args.config]).resolved()
@@ -43,32 +63,61 @@ def main() -> None:
     (clean_ckpt,) = sorted((out / "ebm").glob("clean_*/**/checkpoints/last.ckpt"))
     calibration = out / "data" / "ebm_holdout" / "train"
     victims = Victims(study, cfg.victim)
-    rule = f"q{args.quantile:g}-p{args.patience}-max{args.max_steps}"
-    rows = [json.loads(line) for line in (out / "victims.jsonl").read_text().splitlines() if line.strip()]
+    rule = f"q{args.quantile:g}-p{args.patience}-max{args.max_steps}-cal{args.calibration_steps}"
+    folders = sorted(p for p in (out / "data").iterdir() if p.name.split("_c")[0] in ATTACKS and (p / "poison.json").is_file())
+    if not folders:
+        raise SystemExit(f"{out / 'data'}: holds no poisoned set of {', '.join(ATTACKS)}: run `pureebm evaluate` first")
+    specs = {f.name: json.loads((f / "poison.json").read_text()) for f in folders}
     table: dict[tuple[str, str], list[dict]] = defaultdict(list)
-    for r in rows:
-        if r["attack"] in ATTACKS and r["defense"] in [f"T{t}" for t in args.fixed]:
-            table[(r["attack"], f"fixed T = {r['T']}")].append(r)
-    for folder in sorted(p for p in (out / "data").iterdir() if p.name.split("_c")[0] in ATTACKS and (p / "poison.json").is_file()):
-        spec = json.loads((folder / "poison.json").read_text())
-        attack, target = spec["attack"], spec["target_class"]
-        k = cfg.attacks.target_classes.index(target)
+    have = set()
+    for r in (json.loads(line) for line in (out / "victims.jsonl").read_text().splitlines() if line.strip()):
+        name = r["key"].split("|")[0]
+        if name in specs and r["defense"] in [f"T{t}" for t in args.fixed]:
+            table[(label(specs[name]), f"fixed T = {r['T']}")].append(r)
+            have.add((name, r["T"]))
+    for folder in folders:  # the rule first, then the fixed T the evaluation lacks
+        spec = specs[folder.name]
+        k = cfg.attacks.target_classes.index(spec["target_class"])
         defended = study / "purified" / f"{folder.name}-{rule}"
-        if not (defended / "manifest.json").is_file() or not json.loads((defended / "manifest.json").read_text()).get("complete"):
-            pureebm(["purify", "--data", str(folder), "--ckpt_path", str(clean_ckpt), "--stop", "energy",
-                     "--stop_calibration", str(calibration), "--stop_quantile", str(args.quantile),
-                     "--stop_patience", str(args.patience), "--stop_max_steps", str(args.max_steps), "--out", str(defended),
-                     "--batch_size", str(cfg.defenses.batch_size), "--trainer.enable_progress_bar", "false"])
-        steps = json.loads((defended / "manifest.json").read_text()).get("stop_steps")
+        manifest = purify(folder, defended, clean_ckpt, cfg.defenses.batch_size, "--stop", "energy",
+                          "--stop_calibration", str(calibration), "--stop_calibration_steps", str(args.calibration_steps),
+                          "--stop_quantile", str(args.quantile), "--stop_patience", str(args.patience),
+                          "--stop_max_steps", str(args.max_steps))
         row = victims.run(f"{folder.name}|stop-{rule}", defended, 100 + k, lambda m, f=folder: measure(m, f, f),
-                          attack=attack, target=target, defense=f"stop-{rule}")
-        table[(attack, f"energy stop ({rule})")].append({**row, **({"mean_steps": steps["mean_steps"]} if steps else {})})
-    print("| attack | defense | success % (x1) | success % (x3, Narcissus) | natural % | mean steps per image |")
-    print("|---|---|---|---|---|---|")
-    for (attack, defense), found in sorted(table.items()):
-        x3 = stat([r["success_x3"] for r in found if "success_x3" in r]) if attack.endswith("narcissus") else ""
-        steps = stat([r["mean_steps"] for r in found if "mean_steps" in r], 1) if defense.startswith("energy") else defense.split()[-1]
-        print(f"| {attack} | {defense} | {stat([r['success_x1'] for r in found])} | {x3} | {stat([r['natural'] for r in found])} | {steps} |")
+                          attack=spec["attack"], target=spec["target_class"], defense=f"stop-{rule}")
+        table[(label(spec), f"energy stop ({rule})")].append(
+            {**row, "mean_steps": manifest["stop_steps"]["mean_steps"], **poison_steps(defended, spec)})
+    threshold = manifest["stop"]["threshold"]
+    for folder in folders:
+        spec = specs[folder.name]
+        k = cfg.attacks.target_classes.index(spec["target_class"])
+        for t in (t for t in args.fixed if (folder.name, t) not in have and spec["attack"] in args.fixed_attacks):
+            defended = study / "purified" / f"{folder.name}-T{t}"
+            purify(folder, defended, clean_ckpt, cfg.defenses.batch_size, "--steps", str(t))
+            row = victims.run(f"{folder.name}|T{t}", defended, 100 + k, lambda m, f=folder: measure(m, f, f),
+                              attack=spec["attack"], target=spec["target_class"], defense=f"T{t}")
+            table[(label(spec), f"fixed T = {t}")].append(row)
+    print(f"Threshold: {threshold:.4f} (the clean EBM's held-out images, along {args.calibration_steps} steps)\n")
+    print("| attack | defense | success % (x1) | success % (x3, Narcissus) | natural % | mean steps per image | mean steps per poison |")
+    print("|---|---|---|---|---|---|---|")
+    def order(item):  # per attack: fixed T by T, then the rule
+        (attack, defense), _ = item
+        return attack, int(defense.split()[-1]) if defense.startswith("fixed") else 10**9
+
+    for (attack, defense), found in sorted(table.items(), key=order):
+        x3 = stat([r["success_x3"] for r in found if "success_x3" in r]) if "narcissus" in attack else ""
+        stopped = defense.startswith("energy")
+        steps = stat([r["mean_steps"] for r in found], 1) if stopped else defense.split()[-1]
+        poison = stat([r["poison_steps"] for r in found if "poison_steps" in r], 1) if stopped else defense.split()[-1]
+        print(f"| {attack} | {defense} | {stat([r['success_x1'] for r in found])} | {x3} | {stat([r['natural'] for r in found])} "
+              f"| {steps} | {poison} |")
+
+
+def poison_steps(defended: Path, spec: dict) -> dict:
+    """The mean steps the poisons' chains took (``stop_steps.json``: the steps of every image, by file)."""
+    steps, ids = json.loads((defended / "stop_steps.json").read_text()), set(spec["poison_indices"])
+    mine = [n for key, n in steps.items() if Path(key).stem.isdigit() and int(Path(key).stem) in ids]
+    return {"poison_steps": sum(mine) / len(mine)} if mine else {}
 
 
 if __name__ == "__main__":

@@ -112,11 +112,11 @@ def kill_during_second_block(monkeypatch) -> list:
 
     write, calls = PurifiedStore.write, KilledWrites()
 
-    def write_then_die(self, indices, images, rank=0):
+    def write_then_die(self, indices, images, rank=0, **steps):
         if calls:
             raise KeyboardInterrupt
         calls.append(indices)
-        write(self, indices, images, rank)
+        write(self, indices, images, rank, **steps)
 
     calls.undo = lambda: monkeypatch.setattr(PurifiedStore, "write", write)
     monkeypatch.setattr(PurifiedStore, "write", write_then_die)

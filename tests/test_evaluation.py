@@ -231,7 +231,8 @@ def test_settings_resolve_quick_and_refuse_a_main_T_outside_the_sweep():
         settings(["--defenses.sweep", "[0, 10]"]).resolved()
 
 
-def test_the_defense_aware_overlay_names_the_evaluations_own_ebms(tmp_path):
+@pytest.mark.parametrize("overlay, gradients", [("digits_defense_aware", ["exact", "bpda"]), ("digits_low_energy", ["energy", "energy"])])
+def test_the_defense_aware_overlays_name_the_evaluations_own_ebms(tmp_path, overlay, gradients):
     import inspect
 
     from pureebm_lightning.evaluation.command import settings
@@ -239,13 +240,14 @@ def test_the_defense_aware_overlay_names_the_evaluations_own_ebms(tmp_path):
     from pureebm_lightning.poisoning.attacks import ATTACKS
 
     cfg = settings(["--config", str(ROOT / "configs/evaluate/digits.yaml"),
-                    "--config", str(ROOT / "configs/evaluate/digits_defense_aware.yaml")]).resolved()
+                    "--config", str(ROOT / f"configs/evaluate/{overlay}.yaml")]).resolved()
     assert cfg.plugins.attacks == ["adaptive_badnets", "adaptive_narcissus"] and cfg.plugins.sweep == [0, 150]
     assert cfg.ebm.steps == 1000 and cfg.attacks.narcissus_epsilon == 16  # the main table's settings are kept
     ebms = {"clean_ebm": tmp_path / "clean.ckpt", "poisoned_ebm": tmp_path / "poisoned.ckpt"}
     flags = attack_flags(cfg, "adaptive_badnets", ebms)
     assert f"--ebm_path={tmp_path / 'clean.ckpt'}" in flags and "--budget=0.01" in flags
     assert not any("{" in flag for flag in flags + attack_flags(cfg, "adaptive_narcissus", ebms))
+    assert [f"--gradient={g}" in attack_flags(cfg, a, ebms) for a, g in zip(cfg.plugins.attacks, gradients)] == [True, True]
     for attack in cfg.plugins.attacks:  # every option the overlay sets is one the attack takes
         known = set(inspect.signature(ATTACKS[attack]).parameters)
         assert {flag[2:].split("=")[0] for flag in attack_flags(cfg, attack, ebms)} <= known, attack

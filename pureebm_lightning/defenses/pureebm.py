@@ -41,7 +41,7 @@ class Purifier(Defense):
             raise ValueError(f"steps must be >= 0, got {steps}")
         self.stop = stop  # stop each chain on its own (steps is then its max_steps)
         self.last_steps: Tensor | None = None  # with ``stop``: the steps each image of the last call took
-        self.clean_energy_quantiles: dict[str, float] | None = None  # an exported EBM's, for calibrating ``stop``
+        self.stop_calibration: dict[str, Any] | None = None  # an exported EBM's stored calibration of ``stop``
         steps = stop.max_steps if stop is not None else steps
         self.energy_net, self.sampler, self.steps, self.seed = energy_net.eval(), sampler, steps, seed
         self.checkpoint, self.checkpoint_sha256, self.image_shape = checkpoint, checkpoint_sha256, image_shape
@@ -75,7 +75,7 @@ class Purifier(Defense):
         ebm = load_pretrained(source)
         steps = steps if steps is not None else ebm.recommended_steps if ebm.recommended_steps is not None else 150
         purifier = cls(ebm.energy_net, ebm.sampler, steps, seed, ebm.describe(), None, ebm.image_shape, ebm.record())
-        purifier.clean_energy_quantiles = ((ebm.config or {}).get("energy_gap") or {}).get("clean_quantiles")
+        purifier.stop_calibration = (ebm.config or {}).get("stop_calibration")
         return purifier
 
     @classmethod

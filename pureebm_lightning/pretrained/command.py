@@ -20,8 +20,9 @@ def build_parser() -> ArgumentParser:
     parser.add_argument("--out", type=str, required=True, help="the folder to write (refused if it exists and is not empty)")
     parser.add_argument("--steps", type=int, default=150, help="the T the card and config.json recommend for purification")
     parser.add_argument("--data", type=str | None, default=None,
-                        help="clean images to measure the energy gap on: a folder `pureebm purify` reads, or `digits` "
-                        "(the bundled set); without it the card says the gap was not measured")
+                        help="clean images to measure the energy gap on, and to calibrate `pureebm purify --stop energy` "
+                        "on (150-step chains, on CPU): a folder `pureebm purify` reads, or `digits` (the bundled set); "
+                        "without it the card says the gap was not measured")
     parser.add_argument("--images", type=int, default=1000, help="how many images of --data (evenly spread) to measure on")
     parser.add_argument("--datasets", type=list[str], default=[], help="Hub dataset ids the EBM was trained on (card metadata)")
     parser.add_argument("--license", type=str | None, default=None, help="the weights' license (card metadata), e.g. mit")

@@ -15,6 +15,7 @@ from torch import nn
 from pureebm_lightning.checkpoints import file_sha256, read_ebm_checkpoint
 from pureebm_lightning.energy_gap import energy_gap
 from pureebm_lightning.errors import CheckpointError, PoisonedDataError, UsageError
+from pureebm_lightning.langevin import LangevinSampler
 from pureebm_lightning.pretrained.hub import CARD_FILE, CONFIG_FILE, WEIGHTS_FILES
 from pureebm_lightning.pretrained.layouts import energy_net_class, load_into
 from pureebm_lightning.pretrained.loader import FORMAT_VERSION
@@ -71,8 +72,17 @@ def measure_gap(net: nn.Module, images: torch.Tensor, perturbation: float, data:
     e_clean, e_pert = torch.cat(clean), torch.cat(perturbed)
     return {"data": data, "images": len(images), "perturbation_255": round(perturbation * 255, 6),
             "energy_clean": e_clean.mean().item(), "energy_perturbed": e_pert.mean().item(),
-            "energy_gap": (e_pert - e_clean).mean().item(), "perturbed_higher": (e_pert > e_clean).float().mean().item(),
-            "clean_quantiles": {f"{q:g}": torch.quantile(e_clean, q).item() for q in (0.1, 0.25, 0.5, 0.75, 0.9)}}
+            "energy_gap": (e_pert - e_clean).mean().item(), "perturbed_higher": (e_pert > e_clean).float().mean().item()}
+
+
+def stop_calibration(net: nn.Module, sampler: LangevinSampler, clean: torch.Tensor, data: str) -> dict[str, Any]:
+    """The stopping rule's calibration (``pureebm purify --stop energy`` without ``--stop_calibration``): quantiles of
+    the energies the clean images take along the chain, as :func:`~pureebm_lightning.stopping_rule.calibrate` does."""
+    from pureebm_lightning.stopping_rule import CALIBRATION_STEPS, chain_energies, round_threshold
+
+    energies = chain_energies(sampler, net, clean, CALIBRATION_STEPS, seed=0)
+    return {"data": data, "images": len(clean), "steps": CALIBRATION_STEPS, "seed": 0,
+            "energy_quantiles": {f"{q:g}": round_threshold(torch.quantile(energies, q).item()) for q in (0.1, 0.25, 0.5, 0.75, 0.9)}}
 
 
 def export_ebm(ckpt_path: str | Path, out: str | Path, steps: int = 150, data: str | None = None, images: int = 1000,
@@ -104,7 +114,9 @@ def export_ebm(ckpt_path: str | Path, out: str | Path, steps: int = 150, data: s
     sampler = (hp.get("sampler") or {}).get("init_args") or {}
     sampler = {"step_size": 1.25e-2, "temperature": 1e-4, "n_steps": 100, "clamp": None, **sampler}
     perturbation = float(hp.get("val_perturbation", 16 / 255))
-    gap = measure_gap(net, gap_images(data, shape, images), perturbation, data) if data else None
+    clean = gap_images(data, shape, images) if data else None
+    gap = measure_gap(net, clean, perturbation, data) if data else None
+    calibration = stop_calibration(net, LangevinSampler(**sampler), clean, data) if data else None
     config = {
         "library_name": "pureebm-lightning", "pureebm_version": __version__, "format_version": FORMAT_VERSION,
         "energy_net": spec, "sampler": sampler, "image_shape": list(shape), "image_range": [-1.0, 1.0],
@@ -112,6 +124,7 @@ def export_ebm(ckpt_path: str | Path, out: str | Path, steps: int = 150, data: s
         "training": {"global_step": int(ckpt.get("global_step", 0)), "epoch": int(ckpt.get("epoch", 0)),
                      "checkpoint": ckpt_path.name, "checkpoint_sha256": file_sha256(ckpt_path)},
         "energy_gap": gap,
+        "stop_calibration": calibration,
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(f".{out.name}.partial-{os.getpid()}")

@@ -3,6 +3,7 @@ poisoned training set on disk."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from pureebm_lightning.errors import UsageError
@@ -52,18 +53,24 @@ def check_arguments(cfg) -> None:
         if not 0 < cfg.stop_quantile < 1 or cfg.stop_patience < 1 or not 0 <= cfg.stop_min_steps <= cfg.stop_max_steps or cfg.stop_max_steps < 1:
             raise UsageError("--stop_quantile must be in (0, 1), --stop_patience at least 1, and 0 <= --stop_min_steps <= "
                              "--stop_max_steps (at least 1)")
+        if cfg.stop_calibration_steps is not None and cfg.stop_calibration_steps < 0 or cfg.stop_calibration_images < 1:
+            raise UsageError(f"--stop_calibration_steps must be at least 0 and --stop_calibration_images at least 1, got "
+                             f"{cfg.stop_calibration_steps} and {cfg.stop_calibration_images}")
+        if cfg.stop_threshold is not None and (cfg.stop_calibration is not None or cfg.stop_calibration_steps is not None):
+            raise UsageError("--stop_threshold is the threshold itself: drop --stop_calibration and --stop_calibration_steps")
     if cfg.jpeg_quality is not None and not 1 <= cfg.jpeg_quality <= 95:
         raise UsageError(f"--jpeg_quality must be in 1..95, got {cfg.jpeg_quality}")
 
 
-def make_defense(cfg):
-    """The defense ``cfg`` asks for (after :func:`check_arguments`)."""
+def make_defense(cfg, out: Path):
+    """The defense ``cfg`` asks for (after :func:`check_arguments`); ``out``: the output folder (a stopping rule
+    calibrated by an unfinished run there is reused)."""
     from pureebm_lightning.defenses import DEFENSES
 
     if cfg.defense == "pureebm":  # a checkpoint, a pretrained folder or hf://owner/name[@revision]
         purifier = DEFENSES["pureebm"].from_source(cfg.ckpt_path, steps=cfg.steps, seed=cfg.seed)
         if cfg.stop is not None:
-            purifier.stop = energy_stop(cfg, purifier)
+            purifier.stop = energy_stop(cfg, purifier, out)
             purifier.steps = purifier.stop.max_steps
         cfg.steps = purifier.steps  # without --steps: the EBM's recommended T, else 150
         return purifier
@@ -73,34 +80,61 @@ def make_defense(cfg):
     return DEFENSES[cfg.defense](**(options.as_dict() if options is not None else {}))
 
 
-def energy_stop(cfg, purifier):
-    """The energy stopping rule ``cfg`` asks for, its threshold given, calibrated on ``--stop_calibration``, or read from
-    the quantiles an exported EBM stores."""
-    from pureebm_lightning.stopping_rule import EnergyStop, calibrate
+def energy_stop(cfg, purifier, out: Path):
+    """The energy stopping rule ``cfg`` asks for: its threshold given, calibrated on the chains of ``--stop_calibration``'s
+    clean images (or taken from the unfinished run in ``out`` that calibrated it so), or read from the calibration an
+    exported EBM stores."""
+    from dataclasses import replace
 
-    threshold = cfg.stop_threshold
-    if threshold is None and cfg.stop_calibration is not None:
-        threshold = calibrate(purifier.energy_net, calibration_images(cfg.stop_calibration, purifier.image_shape), cfg.stop_quantile)
-    if threshold is None:
-        stored = (purifier.clean_energy_quantiles or {}).get(f"{cfg.stop_quantile:g}")
-        if stored is None:
-            raise UsageError(f"--stop energy needs its threshold: --stop_calibration with clean held-out images, or "
-                             f"--stop_threshold (this EBM stores no clean-energy quantile {cfg.stop_quantile:g}; "
-                             "`pureebm export --data` stores them)")
-        threshold = float(stored)
-    return EnergyStop(threshold, cfg.stop_patience, cfg.stop_min_steps, cfg.stop_max_steps,
-                      cfg.stop_quantile if cfg.stop_threshold is None else None)
+    from pureebm_lightning.stopping_rule import CALIBRATION_STEPS, EnergyStop, calibrate
+
+    rule = dict(patience=cfg.stop_patience, min_steps=cfg.stop_min_steps, max_steps=cfg.stop_max_steps)
+    if cfg.stop_threshold is not None:
+        return EnergyStop(cfg.stop_threshold, **rule)
+    steps = cfg.stop_calibration_steps
+    if cfg.stop_calibration is not None:
+        data = cfg.stop_calibration if cfg.stop_calibration == "digits" else str(Path(cfg.stop_calibration).expanduser().resolve())
+        steps = CALIBRATION_STEPS if steps is None else steps
+        clean = calibration_images(cfg.stop_calibration, purifier.image_shape, cfg.stop_calibration_images)
+        wanted = EnergyStop(0.0, **rule, quantile=cfg.stop_quantile, calibration_steps=steps, calibration_data=data,
+                            calibration_images=len(clean))
+        earlier = earlier_rule(out) if not cfg.overwrite else None
+        if earlier is not None and {**earlier, "threshold": 0.0} == wanted.settings():
+            return EnergyStop(**{k: v for k, v in earlier.items() if k != "rule"})  # resuming: calibrated already
+        threshold = calibrate(purifier.sampler, purifier.energy_net, clean, cfg.stop_quantile, steps, seed=0)
+        return replace(wanted, threshold=threshold)
+    stored = purifier.stop_calibration or {}
+    value = (stored.get("energy_quantiles") or {}).get(f"{cfg.stop_quantile:g}")
+    if value is None or "steps" not in stored or (steps is not None and steps != stored["steps"]):
+        why = (f"this EBM stores no calibration of quantile {cfg.stop_quantile:g}" if value is None or "steps" not in stored
+               else f"this EBM's stored calibration ran {stored['steps']} steps, not {steps}")
+        raise UsageError(f"--stop energy needs its threshold: --stop_calibration with clean held-out images, or "
+                         f"--stop_threshold ({why}; `pureebm export --data` stores one)")
+    return EnergyStop(float(value), **rule, quantile=cfg.stop_quantile, calibration_steps=int(stored["steps"]),
+                      calibration_data="stored", calibration_images=stored.get("images"))
 
 
-def calibration_images(data: str, shape):
-    """Clean images ([-1, 1]) for the stopping rule: a folder ``pureebm purify`` reads, or ``digits``."""
+def earlier_rule(out: Path) -> dict | None:
+    """The stopping rule an unfinished run in ``out`` recorded, if any."""
+    manifest = out / "manifest.json"
+    try:
+        found = json.loads(manifest.read_text()) if manifest.is_file() else {}
+    except (OSError, ValueError):
+        return None
+    rule = found.get("stop")
+    return rule if isinstance(rule, dict) and rule.get("rule") == "energy" else None
+
+
+def calibration_images(data: str, shape, count: int = 1000):
+    """Up to ``count`` clean images ([-1, 1]), evenly spread, for the stopping rule: a folder ``pureebm purify`` reads,
+    or ``digits``."""
     from pureebm_lightning.pretrained.export import gap_images
 
     if shape is None:
         from pureebm_lightning.sources import open_source
 
         shape = open_source(data).shape
-    return gap_images(data, tuple(shape), 100_000)
+    return gap_images(data, tuple(shape), count)
 
 
 def purify(argv: list[str]) -> None:
@@ -130,7 +164,7 @@ def purify(argv: list[str]) -> None:
     suffix = {"pureebm": "_purified", "jpeg": f"_jpeg{cfg.jpeg_quality}"}.get(cfg.defense, f"_{cfg.defense}")
     out = Path(cfg.out) if cfg.out else source.root.resolve().with_name(source.root.resolve().name + suffix)
     OutputLock(out).refuse_if_held()  # another run writing there: say so now, not after loading the EBM
-    purifier = make_defense(cfg)
+    purifier = make_defense(cfg, out)
     purifier.check_input(source.shape, source.root)
     aliases = {"None": "32-true", "32": "32-true", "16": "16-mixed", "bf16": "bf16-mixed", "64": "64-true"}
     precision = aliases.get(str(cfg.trainer.precision), str(cfg.trainer.precision))

@@ -70,12 +70,17 @@ def build_parser(defense: str | None = None) -> ArgumentParser:
     parser.add_argument("--diagnostic_points", type=int, default=10, help="intervals between recorded steps")
     group = parser.add_argument_group("Stopping rule (PureEBM: each chain stops on its own instead of a fixed --steps)")
     group.add_argument("--stop", type=str | None, default=None,
-                       help="energy: stop a chain once its energy has stayed below the clean images' --stop_quantile for "
-                       "--stop_patience steps (at most --stop_max_steps)")
+                       help="energy: stop a chain once its energy has stayed below the --stop_quantile of clean images' "
+                       "chain energies for --stop_patience steps (at most --stop_max_steps)")
     group.add_argument("--stop_calibration", type=str | None, default=None,
-                       help="clean held-out images (a folder, or digits) whose energies set the threshold (default: the "
-                       "quantiles a `pureebm export --data` folder stores)")
-    group.add_argument("--stop_quantile", type=float, default=0.5, help="the quantile of clean energies a chain must reach")
+                       help="clean held-out images (a folder, or digits) whose chains set the threshold (default: the "
+                       "calibration a `pureebm export --data` folder stores)")
+    group.add_argument("--stop_calibration_steps", type=int | None, default=None,
+                       help="length of the clean calibration chains; their energies from half way on are pooled "
+                       "(default 150, or the stored calibration's; 0: the clean images' own energies)")
+    group.add_argument("--stop_calibration_images", type=int, default=1000,
+                       help="at most this many --stop_calibration images, evenly spread (the calibration runs on CPU)")
+    group.add_argument("--stop_quantile", type=float, default=0.5, help="the quantile of clean chain energies a chain must reach")
     group.add_argument("--stop_threshold", type=float | None, default=None, help="the energy threshold itself (no calibration)")
     group.add_argument("--stop_patience", type=int, default=10, help="consecutive steps below the threshold before stopping")
     group.add_argument("--stop_min_steps", type=int, default=0, help="steps every chain takes before it may stop")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator
@@ -28,6 +29,8 @@ MANIFEST = "manifest.json"
 LEGACY_DEFAULTS = {"precision": "32-true", "tf32": False}
 #: the folder inside an output where a defense keeps what it learned (Defense.fit), until the output is complete
 STATE_DIR = ".defense_state"
+#: the stopping rule's steps per image: one file per block while running, one file once complete
+STEPS_DIR, STEPS_FILE = ".stop_steps", "stop_steps.json"
 _PIL_FORMATS = Image.registered_extensions()
 #: JPEG cannot be lossless: quality 100 without chroma subsampling keeps it closest (see README)
 _LOSSLESS_AS_POSSIBLE = {"JPEG": {"quality": 100, "subsampling": 0}, "WEBP": {"lossless": True}}
@@ -139,9 +142,14 @@ class PurifiedStore:
         missing = set(self.todo() if missing is None else missing)
         return [b for b in blocks(len(self.source), block_size) if not missing.isdisjoint(b)]
 
-    def write(self, indices: list[int], images: torch.Tensor, rank: int = 0) -> None:
+    def write(self, indices: list[int], images: torch.Tensor, rank: int = 0, steps: torch.Tensor | None = None) -> None:
         """Store purified (N, C, H, W) uint8 ``images`` of the source ``indices`` (a block redone after a kill
-        only fills in its missing files: the others hold the same result already)."""
+        only fills in its missing files: the others hold the same result already); ``steps``: the Langevin steps
+        each image took under a stopping rule (kept with the block, gathered into ``stop_steps.json`` at the end)."""
+        if steps is not None:  # before the images: a block whose images are all there has its steps too
+            (self.out / STEPS_DIR).mkdir(parents=True, exist_ok=True)
+            taken = {self.key(i): int(n) for i, n in zip(indices, steps.tolist())}
+            _atomic_write_bytes(self.out / STEPS_DIR / f"{indices[0]:09d}-{rank}.json", json.dumps(taken).encode())
         arrays = images.permute(0, 2, 3, 1).cpu().numpy()
         if self.source.kind == "numpy":
             self.chunks.mkdir(parents=True, exist_ok=True)
@@ -156,12 +164,28 @@ class PurifiedStore:
             fmt = _PIL_FORMATS.get(path.suffix.lower(), "PNG")
             _atomic_write(path, lambda f, arr=arr, fmt=fmt: hwc_to_pil(arr).save(f, format=fmt, **_LOSSLESS_AS_POSSIBLE.get(fmt, {})))
 
+    def key(self, index: int) -> str:
+        """The name of source image ``index`` in per-image records: its relative path, or its row of a NumPy array."""
+        return str(index) if self.source.kind == "numpy" else self.source.keys[index]
+
     def finish(self) -> None:
         """Assemble NumPy chunks, copy the other splits, mark the manifest complete (call once, on one process)."""
         remaining = self.todo()
         if remaining:
             self.write_manifest(complete=False, done=len(self.source) - len(remaining))
             raise RuntimeError(f"{len(remaining)} images of {self.source.root} are not purified yet; run the same command again")
+        if (self.out / STEPS_DIR).is_dir():  # every image's steps, in source order, and their summary in the manifest
+            taken: dict[str, int] = {}
+            for part in sorted((self.out / STEPS_DIR).glob("*.json")):
+                taken.update(json.loads(part.read_text()))
+            ordered = {self.key(i): taken[self.key(i)] for i in range(len(self.source)) if self.key(i) in taken}
+            if len(ordered) < len(self.source):  # blocks written without their steps (not by pureebm purify --stop)
+                warnings.warn(f"{self.out / STEPS_FILE}: the steps of {len(self.source) - len(ordered)} of "
+                              f"{len(self.source)} images are unknown", stacklevel=2)
+            _atomic_write_bytes(self.out / STEPS_FILE, json.dumps(ordered, indent=0).encode())
+            values = list(ordered.values())
+            self.record["stop_steps"] = {"images": len(values), "mean_steps": sum(values) / max(len(values), 1),
+                                         "max_steps": max(values, default=0), "file": STEPS_FILE}
         if self.source.kind == "numpy" and self.chunks.is_dir():
             src = self.source._array
             with _atomic_path(self.out / NUMPY_DATA) as tmp:
@@ -180,6 +204,7 @@ class PurifiedStore:
                 _atomic_copy(src, dst)
         self.write_manifest(complete=True, done=len(self.source))
         shutil.rmtree(self.chunks, ignore_errors=True)  # after the manifest: a kill here loses nothing
+        shutil.rmtree(self.out / STEPS_DIR, ignore_errors=True)
         shutil.rmtree(self.state_dir, ignore_errors=True)
 
     def finish_on_rank_zero(self, strategy: Strategy | None) -> None:

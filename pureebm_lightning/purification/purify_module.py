@@ -52,7 +52,6 @@ class PurifyModule(LightningModule):
             longest = self.trainer.strategy.reduce(taken[2:].to(self.device), reduce_op="max")
             self.steps_summary = {"images": int(total[1]), "mean_steps": float(total[0] / total[1].clamp(min=1)),
                                   "max_steps": int(longest[0])}
-            self.run.store.record["stop_steps"] = self.steps_summary  # in the manifest: the images of this invocation
         if not self.run.points:
             return
         sums = self.run.sums if self.run.sums is not None else torch.zeros(3, len(self.run.points), device=self.device)

@@ -90,10 +90,12 @@ class PurificationRun:
         else:
             purified = self.defense(images, indices[0])
             taken = getattr(self.defense, "last_steps", None) if getattr(self.defense, "stop", None) is not None else None
-            if taken is not None:
+            if taken is not None:  # a stopping rule: each image's steps are kept with the block
+                self.store.write(indices, purified, rank=rank, steps=taken)
                 these = torch.stack([taken.sum(), torch.tensor(len(taken), device=taken.device), taken.max()]).float()
                 self.steps_taken = these if self.steps_taken is None else torch.stack(
                     [self.steps_taken[0] + these[0], self.steps_taken[1] + these[1], torch.maximum(self.steps_taken[2], these[2])])
+                return
         self.store.write(indices, purified, rank=rank)
 
     def finish(self, strategy: Strategy | None) -> None:
