@@ -1,13 +1,16 @@
 """The stopping rule against fixed T on an evaluation folder: each triggered attack's poisoned sets purified by the
-clean EBM with `pureebm purify --stop energy` (calibrated on the clean EBM's own held-out images), a victim trained on
-each with the evaluation's recipe and seed, and poison success, natural accuracy and mean steps per image next to
-the fixed-T victims the evaluation already trained.
+clean EBM with `pureebm purify --stop energy`, a victim trained on each with the evaluation's recipe and seed, and
+poison success, natural accuracy and mean steps per image (and per poison) next to the fixed-T victims.
 
     pureebm evaluate --config configs/evaluate/digits.yaml --out runs/evaluate/digits      # first (or resume)
-    python studies/stopping_rule.py --out runs/evaluate/digits --quantile 0.5 --patience 10
+    python studies/stopping_rule.py --out runs/evaluate/digits                        # calibrated on the EBM's own images
+    python studies/stopping_rule.py --out runs/evaluate/digits --calibration self     # on the set being purified
 
-Also the fixed T the evaluation did not run for an attack (e.g. T = 300 and 1000 for the defense-aware ones). Its
-purified sets and victims go to <out>/studies/stopping_rule/ (resumed on rerun); prints a markdown table.
+`--calibration holdout` calibrates on the clean EBM's own training images; `self` on each poisoned training set
+itself (poisons included: the defender has nothing else unseen by the EBM). The fixed T the evaluation did not run
+for an attack (e.g. T = 300 and 1000 for the defense-aware ones) are purified and trained on here too
+(`--fixed_attacks`). Purified sets and victims go to <out>/studies/stopping_rule/ (resumed on rerun); prints a
+markdown table.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 from pureebm_lightning.cli import main as pureebm  # noqa: E402
 from pureebm_lightning.evaluation.command import settings  # noqa: E402
 from pureebm_lightning.evaluation.victims import Victims, measure  # noqa: E402
-from studies.security_table import stat  # noqa: E402
+from studies.security_table import add_x3, stat  # noqa: E402
 
 ATTACKS = ("badnets", "blended", "narcissus", "wanet", "adaptive_badnets", "adaptive_narcissus")
 
@@ -55,22 +58,29 @@ def main() -> None:
     parser.add_argument("--fixed", type=int, nargs="+", default=[150, 300, 1000],
                         help="the fixed T to compare with (purified and trained on here where the evaluation has none)")
     parser.add_argument("--fixed_attacks", nargs="+", default=list(ATTACKS),
-                        help="the attacks to purify at the fixed T the evaluation lacks")
+                        help="the attacks (names or labels) to purify at the fixed T the evaluation lacks")
+    parser.add_argument("--attacks", nargs="+", default=list(ATTACKS),
+                        help="the attacks to study: names, or labels such as 'adaptive_badnets (exact)'")
+    parser.add_argument("--calibration", choices=["holdout", "self"], default="holdout",
+                        help="holdout: the clean EBM's own training images; self: the set being purified (poisons included)")
     args = parser.parse_args()
     out = Path(args.out)
     cfg = settings(["--config", args.config]).resolved()
     study = out / "studies" / "stopping_rule"
     (clean_ckpt,) = sorted((out / "ebm").glob("clean_*/**/checkpoints/last.ckpt"))
-    calibration = out / "data" / "ebm_holdout" / "train"
     victims = Victims(study, cfg.victim)
     rule = f"q{args.quantile:g}-p{args.patience}-max{args.max_steps}-cal{args.calibration_steps}"
+    rule += "-self" if args.calibration == "self" else ""
     folders = sorted(p for p in (out / "data").iterdir() if p.name.split("_c")[0] in ATTACKS and (p / "poison.json").is_file())
     if not folders:
         raise SystemExit(f"{out / 'data'}: holds no poisoned set of {', '.join(ATTACKS)}: run `pureebm evaluate` first")
     specs = {f.name: json.loads((f / "poison.json").read_text()) for f in folders}
+    folders = [f for f in folders if specs[f.name]["attack"] in args.attacks or label(specs[f.name]) in args.attacks]
     table: dict[tuple[str, str], list[dict]] = defaultdict(list)
     have = set()
-    for r in (json.loads(line) for line in (out / "victims.jsonl").read_text().splitlines() if line.strip()):
+    evaluated = [json.loads(line) for line in (out / "victims.jsonl").read_text().splitlines() if line.strip()]
+    add_x3(out, evaluated, Path(args.config))  # the defense-aware Narcissus victims: x3 too (kept models, no training)
+    for r in evaluated:
         name = r["key"].split("|")[0]
         if name in specs and r["defense"] in [f"T{t}" for t in args.fixed]:
             table[(label(specs[name]), f"fixed T = {r['T']}")].append(r)
@@ -79,11 +89,12 @@ def main() -> None:
         spec = specs[folder.name]
         k = cfg.attacks.target_classes.index(spec["target_class"])
         defended = study / "purified" / f"{folder.name}-{rule}"
+        calibration = folder / "train" if args.calibration == "self" else out / "data" / "ebm_holdout" / "train"
         manifest = purify(folder, defended, clean_ckpt, cfg.defenses.batch_size, "--stop", "energy",
                           "--stop_calibration", str(calibration), "--stop_calibration_steps", str(args.calibration_steps),
                           "--stop_quantile", str(args.quantile), "--stop_patience", str(args.patience),
                           "--stop_max_steps", str(args.max_steps))
-        row = victims.run(f"{folder.name}|stop-{rule}", defended, 100 + k, lambda m, f=folder: measure(m, f, f),
+        row = victims.run(f"{folder.name}|stop-{rule}", defended, 100 + k, scores(victims, f"{folder.name}|stop-{rule}", defended, 100 + k, folder),
                           attack=spec["attack"], target=spec["target_class"], defense=f"stop-{rule}")
         table[(label(spec), f"energy stop ({rule})")].append(
             {**row, "mean_steps": manifest["stop_steps"]["mean_steps"], **poison_steps(defended, spec)})
@@ -91,13 +102,15 @@ def main() -> None:
     for folder in folders:
         spec = specs[folder.name]
         k = cfg.attacks.target_classes.index(spec["target_class"])
-        for t in (t for t in args.fixed if (folder.name, t) not in have and spec["attack"] in args.fixed_attacks):
+        if spec["attack"] not in args.fixed_attacks and label(spec) not in args.fixed_attacks:
+            continue
+        for t in (t for t in args.fixed if (folder.name, t) not in have):
             defended = study / "purified" / f"{folder.name}-T{t}"
             purify(folder, defended, clean_ckpt, cfg.defenses.batch_size, "--steps", str(t))
-            row = victims.run(f"{folder.name}|T{t}", defended, 100 + k, lambda m, f=folder: measure(m, f, f),
+            row = victims.run(f"{folder.name}|T{t}", defended, 100 + k, scores(victims, f"{folder.name}|T{t}", defended, 100 + k, folder),
                               attack=spec["attack"], target=spec["target_class"], defense=f"T{t}")
             table[(label(spec), f"fixed T = {t}")].append(row)
-    print(f"Threshold: {threshold:.4f} (the clean EBM's held-out images, along {args.calibration_steps} steps)\n")
+    print(f"Threshold: {threshold:.4f} (the last set's; calibrated on {args.calibration}, along {args.calibration_steps} steps)\n")
     print("| attack | defense | success % (x1) | success % (x3, Narcissus) | natural % | mean steps per image | mean steps per poison |")
     print("|---|---|---|---|---|---|---|")
     def order(item):  # per attack: fixed T by T, then the rule
@@ -111,6 +124,17 @@ def main() -> None:
         poison = stat([r["poison_steps"] for r in found if "poison_steps" in r], 1) if stopped else defense.split()[-1]
         print(f"| {attack} | {defense} | {stat([r['success_x1'] for r in found])} | {x3} | {stat([r['natural'] for r in found])} "
               f"| {steps} | {poison} |")
+
+
+def scores(victims: Victims, key: str, defended: Path, seed: int, folder: Path):
+    """What to measure of a victim: success at x1, and at x3 for Narcissus-style triggers (which work on digits at x3
+    only); also for a victim measured before without x3 (its kept model is loaded, nothing trains)."""
+    narcissus = "narcissus" in folder.name
+    evaluate = (lambda m: measure(m, folder, folder, magnifications=(1.0, 3.0))) if narcissus else (lambda m: measure(m, folder, folder))
+    full = "|".join([key, f"seed{seed}", f"epochs{victims.recipe.epochs}", *victims.recipe_identity()])
+    if narcissus and full in victims.done and "success_x3" not in victims.done[full]:
+        victims.done[full].update(evaluate(victims.model(key, defended, seed)))
+    return evaluate
 
 
 def poison_steps(defended: Path, spec: dict) -> dict:
