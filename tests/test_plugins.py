@@ -96,12 +96,12 @@ def test_every_defense_resumes_after_a_kill_and_records_its_settings(defense, tm
     learns = DEFENSES[defense].fit is not Defense.fit
     write, calls = PurifiedStore.write, []
 
-    def write_then_die(self, indices, images, rank=0):
+    def write_then_die(self, indices, images, rank=0, **steps):
         if calls:
             assert self.state_dir.exists() == learns  # what the defense learned is kept for the resumed run
             raise KeyboardInterrupt  # killed during the second block
         calls.append(indices)
-        write(self, indices, images, rank)
+        write(self, indices, images, rank, **steps)
 
     monkeypatch.setattr(PurifiedStore, "write", write_then_die)
     out = tmp_path / "out"

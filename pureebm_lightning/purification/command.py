@@ -125,11 +125,13 @@ def earlier_rule(out: Path) -> dict | None:
     return rule if isinstance(rule, dict) and rule.get("rule") == "energy" else None
 
 
-def calibration_images(data: str, shape, count: int = 1000):
+def calibration_images(data: str, shape, count: int | None = None):
     """Up to ``count`` clean images ([-1, 1]), evenly spread, for the stopping rule: a folder ``pureebm purify`` reads,
     or ``digits``."""
     from pureebm_lightning.pretrained.export import gap_images
+    from pureebm_lightning.stopping_rule import CALIBRATION_IMAGES
 
+    count = CALIBRATION_IMAGES if count is None else count
     if shape is None:
         from pureebm_lightning.sources import open_source
 
@@ -194,8 +196,8 @@ def purify(argv: list[str]) -> None:
         if module.diagnostics is not None:
             csv_path, png_path = write_diagnostics(module.diagnostics, out, title=f"{source.root.name}, {purifier.describe()}")
             rank_zero_info(f"Diagnostics ({module.diagnostics['images']} images purified in this run): {csv_path}, {png_path}")
-        if module.steps_summary is not None and module.steps_summary["images"]:
-            summary = module.steps_summary
+        summary = store.record.get("stop_steps")  # every image's steps, gathered when the output completed
+        if summary and summary["images"]:
             rank_zero_info(f"Stopping rule: {summary['mean_steps']:.1f} steps per image on average, at most {summary['max_steps']} "
-                           f"({summary['images']} images purified in this run)")
+                           f"(all {summary['images']} images of the output: {out / summary['file']})")
         rank_zero_info(f"Purified {len(source)} images ({purifier.describe()}) into {out}")

@@ -27,7 +27,6 @@ class PurifyModule(LightningModule):
         self.run, self.overwrite = run, overwrite
         self.energy_net = getattr(run.defense, "energy_net", None)  # registered, so Lightning moves it to the device
         self.diagnostics: dict[str, Any] | None = None
-        self.steps_summary: dict[str, Any] | None = None  # with a stopping rule: steps per image in this run
 
     def setup(self, stage: str) -> None:
         self.run.claim(self.trainer.strategy, self.overwrite)
@@ -46,12 +45,6 @@ class PurifyModule(LightningModule):
         self.run.finish(self.trainer.strategy)
 
     def on_predict_epoch_end(self) -> None:
-        if getattr(self.run.defense, "stop", None) is not None:  # the stopping rule's steps, over every rank
-            taken = self.run.steps_taken if self.run.steps_taken is not None else torch.zeros(3, device=self.device)
-            total = self.trainer.strategy.reduce(taken[:2].to(self.device), reduce_op="sum")
-            longest = self.trainer.strategy.reduce(taken[2:].to(self.device), reduce_op="max")
-            self.steps_summary = {"images": int(total[1]), "mean_steps": float(total[0] / total[1].clamp(min=1)),
-                                  "max_steps": int(longest[0])}
         if not self.run.points:
             return
         sums = self.run.sums if self.run.sums is not None else torch.zeros(3, len(self.run.points), device=self.device)

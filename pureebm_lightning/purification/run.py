@@ -32,7 +32,6 @@ class PurificationRun:
         self.defense, self.store, self.batch_size, self.num_workers = defense, store, batch_size, num_workers
         self.points = diagnostic_points
         self.sums: torch.Tensor | None = None  # energy, distance, count at each point, over this process's blocks
-        self.steps_taken: torch.Tensor | None = None  # stopping rule: summed steps, images and the longest chain
 
     def claim(self, strategy: Strategy | None, overwrite: bool = False, wait: bool = False, poll_seconds: float = 5.0) -> None:
         """Global rank 0 takes the folder's lock, checks and prepares it (``wait``: while another run holds the lock,
@@ -89,14 +88,8 @@ class PurificationRun:
             self.sums = sums if self.sums is None else self.sums + sums
         else:
             purified = self.defense(images, indices[0])
-            taken = getattr(self.defense, "last_steps", None) if getattr(self.defense, "stop", None) is not None else None
-            if taken is not None:  # a stopping rule: each image's steps are kept with the block
-                self.store.write(indices, purified, rank=rank, steps=taken)
-                these = torch.stack([taken.sum(), torch.tensor(len(taken), device=taken.device), taken.max()]).float()
-                self.steps_taken = these if self.steps_taken is None else torch.stack(
-                    [self.steps_taken[0] + these[0], self.steps_taken[1] + these[1], torch.maximum(self.steps_taken[2], these[2])])
-                return
-        self.store.write(indices, purified, rank=rank)
+        taken = getattr(self.defense, "last_steps", None) if getattr(self.defense, "stop", None) is not None else None
+        self.store.write(indices, purified, rank=rank, steps=taken)  # a stopping rule's steps are kept with the block
 
     def finish(self, strategy: Strategy | None) -> None:
         """Once every rank has written its blocks, rank 0 assembles and completes the output."""
