@@ -37,7 +37,7 @@ def variant(out: Path, folder: str) -> str:
     return f"{chain}, {box}"
 
 
-def add_x3(out: Path, rows: list[dict], config: Path) -> None:
+def add_x3(out: Path, rows: list[dict], configs: list[str]) -> None:
     """Narcissus-style plug-in rows carry x1 only: measure x3 too, with the victims the evaluation kept (nothing trains)."""
     import sys
 
@@ -46,7 +46,7 @@ def add_x3(out: Path, rows: list[dict], config: Path) -> None:
     from pureebm_lightning.evaluation.purified_sets import digest
     from pureebm_lightning.evaluation.victims import Victims, measure
 
-    victims = Victims(out, settings(["--config", str(config)]).resolved().victim)
+    victims = Victims(out, settings(config_flags(configs)).resolved().victim)
     for r in rows:
         if r["attack"] == "adaptive_narcissus" and "success_x3" not in r:
             folder, label, defended = r["key"].split("|")[:3]
@@ -58,6 +58,11 @@ def add_x3(out: Path, rows: list[dict], config: Path) -> None:
             trained_on = poisoned if label == "none" else out / "defended" / folder / defended
             model = victims.model(key, trained_on, r["victim_seed"])
             r.update(measure(model, poisoned, poisoned, magnifications=(1.0, 3.0)))
+
+
+def config_flags(configs: list[str]) -> list[str]:
+    """``--config`` options for the evaluation's configs (several: later ones override, as in `pureebm evaluate`)."""
+    return [flag for config in configs for flag in ("--config", str(config))]
 
 
 def stat(values: list[float], scale: float = 100) -> str:
@@ -72,12 +77,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="the evaluation folder")
     parser.add_argument("--csv", action="store_true", help="also write <out>/security_table.csv")
-    parser.add_argument("--config", default=str(Path(__file__).resolve().parents[1] / "configs/evaluate/digits.yaml"),
-                        help="the evaluation's config (its victim recipe names the kept victims)")
+    parser.add_argument("--config", nargs="+", default=[str(Path(__file__).resolve().parents[1] / "configs/evaluate/digits.yaml")],
+                        help="the evaluation's config(s) (their victim recipe names the kept victims)")
     args = parser.parse_args()
     out = Path(args.out)
     rows = [json.loads(line) for line in (out / "victims.jsonl").read_text().splitlines() if line.strip()]
-    add_x3(out, rows, Path(args.config))
+    add_x3(out, rows, args.config)
     cells: dict[tuple[str, str, str], list[dict]] = defaultdict(list)
     adaptive = sorted({(r["attack"], r["key"].split("|")[0]) for r in rows if r["attack"] in BASELINE})
     labels = {folder: variant(out, folder) for _, folder in adaptive}

@@ -27,15 +27,19 @@ sys.path.insert(0, str(ROOT))
 from pureebm_lightning.cli import main as pureebm  # noqa: E402
 from pureebm_lightning.evaluation.command import settings  # noqa: E402
 from pureebm_lightning.evaluation.victims import Victims, measure  # noqa: E402
-from studies.security_table import add_x3, stat  # noqa: E402
+from studies.security_table import add_x3, config_flags, stat  # noqa: E402
 
 ATTACKS = ("badnets", "blended", "narcissus", "wanet", "adaptive_badnets", "adaptive_narcissus")
 
 
 def label(spec: dict) -> str:
-    """The attack, with what the attacker optimised when it knew the defense (exact, bpda or energy)."""
-    aware = (spec.get("defense_awareness") or {}).get("awareness")
-    return f"{spec['attack']} ({aware})" if aware else spec["attack"]
+    """The attack, with what the attacker optimised when it knew the defense (exact, bpda or energy), and
+    "grey-box" when its EBM was not the defender's clean one."""
+    aware = spec.get("defense_awareness") or {}
+    if not aware:
+        return spec["attack"]
+    grey = "" if "/ebm/clean_" in Path(aware.get("ebm") or "").as_posix() else ", grey-box"
+    return f"{spec['attack']} ({aware['awareness']}{grey})"
 
 
 def purify(folder: Path, out: Path, ckpt: Path, batch_size: int, *flags: str) -> dict:
@@ -50,7 +54,8 @@ def purify(folder: Path, out: Path, ckpt: Path, batch_size: int, *flags: str) ->
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="the evaluation folder")
-    parser.add_argument("--config", default=str(ROOT / "configs/evaluate/digits.yaml"), help="the evaluation's config")
+    parser.add_argument("--config", nargs="+", default=[str(ROOT / "configs/evaluate/digits.yaml")],
+                        help="the evaluation's config(s), as given to `pureebm evaluate`")
     parser.add_argument("--quantile", type=float, default=0.5)
     parser.add_argument("--patience", type=int, default=10)
     parser.add_argument("--max_steps", type=int, default=1000)
@@ -65,7 +70,7 @@ def main() -> None:
                         help="holdout: the clean EBM's own training images; self: the set being purified (poisons included)")
     args = parser.parse_args()
     out = Path(args.out)
-    cfg = settings(["--config", args.config]).resolved()
+    cfg = settings(config_flags(args.config)).resolved()
     study = out / "studies" / "stopping_rule"
     (clean_ckpt,) = sorted((out / "ebm").glob("clean_*/**/checkpoints/last.ckpt"))
     victims = Victims(study, cfg.victim)
@@ -79,7 +84,7 @@ def main() -> None:
     table: dict[tuple[str, str], list[dict]] = defaultdict(list)
     have = set()
     evaluated = [json.loads(line) for line in (out / "victims.jsonl").read_text().splitlines() if line.strip()]
-    add_x3(out, evaluated, Path(args.config))  # the defense-aware Narcissus victims: x3 too (kept models, no training)
+    add_x3(out, evaluated, args.config)  # the defense-aware Narcissus victims: x3 too (kept models, no training)
     for r in evaluated:
         name = r["key"].split("|")[0]
         if name in specs and r["defense"] in [f"T{t}" for t in args.fixed]:

@@ -231,26 +231,41 @@ def test_settings_resolve_quick_and_refuse_a_main_T_outside_the_sweep():
         settings(["--defenses.sweep", "[0, 10]"]).resolved()
 
 
-@pytest.mark.parametrize("overlay, gradients", [("digits_defense_aware", ["exact", "bpda"]), ("digits_low_energy", ["energy", "energy"])])
-def test_the_defense_aware_overlays_name_the_evaluations_own_ebms(tmp_path, overlay, gradients):
+OVERLAYS = [  # (base, overlays, {attack: (gradient, the evaluation's EBM it names)})
+    ("digits", ["digits_defense_aware"], {"adaptive_badnets": ("exact", "clean"), "adaptive_narcissus": ("bpda", "clean")}),
+    ("digits", ["digits_low_energy"], {"adaptive_badnets": ("energy", "clean"), "adaptive_narcissus": ("energy", "clean")}),
+    ("cifar10_cpu", ["cifar10_cpu_defense_aware"], {"adaptive_badnets": ("exact", "clean")}),
+    ("cifar10_cpu", ["cifar10_cpu_defense_aware", "cifar10_cpu_grey_box"], {"adaptive_badnets": ("exact", "poisoned")}),
+]
+
+
+@pytest.mark.parametrize("base, overlays, attacks", OVERLAYS, ids=lambda v: "+".join(v) if isinstance(v, list) else None)
+def test_the_defense_aware_overlays_name_the_evaluations_own_ebms(tmp_path, base, overlays, attacks):
     import inspect
 
     from pureebm_lightning.evaluation.command import settings
     from pureebm_lightning.evaluation.plugins import attack_flags
     from pureebm_lightning.poisoning.attacks import ATTACKS
 
-    cfg = settings(["--config", str(ROOT / "configs/evaluate/digits.yaml"),
-                    "--config", str(ROOT / f"configs/evaluate/{overlay}.yaml")]).resolved()
-    assert cfg.plugins.attacks == ["adaptive_badnets", "adaptive_narcissus"] and cfg.plugins.sweep == [0, 150]
-    assert cfg.ebm.steps == 1000 and cfg.attacks.narcissus_epsilon == 16  # the main table's settings are kept
+    alone = settings(["--config", str(ROOT / f"configs/evaluate/{base}.yaml")]).resolved()
+    cfg = settings(["--config", str(ROOT / f"configs/evaluate/{base}.yaml"),
+                    *[flag for name in overlays for flag in ("--config", str(ROOT / f"configs/evaluate/{name}.yaml"))]]).resolved()
+    assert cfg.plugins.attacks == list(attacks) and cfg.plugins.sweep == [0, 150] and cfg.plugins.defenses == []
+    assert (cfg.ebm, cfg.victim, cfg.data) == (alone.ebm, alone.victim, alone.data)  # the main table's EBMs and victims are kept
+    assert cfg.attacks.narcissus_epsilon == alone.attacks.narcissus_epsilon
+    assert cfg.attacks.target_classes == alone.attacks.target_classes[:len(cfg.attacks.target_classes)]  # same seeds per class
     ebms = {"clean_ebm": tmp_path / "clean.ckpt", "poisoned_ebm": tmp_path / "poisoned.ckpt"}
-    flags = attack_flags(cfg, "adaptive_badnets", ebms)
-    assert f"--ebm_path={tmp_path / 'clean.ckpt'}" in flags and "--budget=0.01" in flags
-    assert not any("{" in flag for flag in flags + attack_flags(cfg, "adaptive_narcissus", ebms))
-    assert [f"--gradient={g}" in attack_flags(cfg, a, ebms) for a, g in zip(cfg.plugins.attacks, gradients)] == [True, True]
-    for attack in cfg.plugins.attacks:  # every option the overlay sets is one the attack takes
-        known = set(inspect.signature(ATTACKS[attack]).parameters)
-        assert {flag[2:].split("=")[0] for flag in attack_flags(cfg, attack, ebms)} <= known, attack
+    for attack, (gradient, ebm) in attacks.items():
+        flags = attack_flags(cfg, attack, ebms)
+        assert f"--ebm_path={tmp_path / f'{ebm}.ckpt'}" in flags and f"--gradient={gradient}" in flags, attack
+        assert not any("{" in flag for flag in flags)
+        known = set(inspect.signature(ATTACKS[attack]).parameters)  # every option the overlay sets is one the attack takes
+        assert {flag[2:].split("=")[0] for flag in flags} <= known, attack
+    if base == "digits":
+        assert "--budget=0.01" in attack_flags(cfg, "adaptive_badnets", ebms)
+    else:  # the CIFAR-10 security study: class 0, no Gradient Matching, T in {0, 150}; BadNets' own budget
+        assert (cfg.attacks.target_classes, cfg.attacks.gm_targets, cfg.defenses.sweep) == ([0], 0, [0, 150])
+        assert f"--budget={cfg.attacks.badnets_budget}" in attack_flags(cfg, "adaptive_badnets", ebms)
 
 
 @pytest.mark.parametrize("name", ["digits", "cifar10_cpu", "cifar10_paper"])
