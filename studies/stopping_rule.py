@@ -33,13 +33,14 @@ ATTACKS = ("badnets", "blended", "narcissus", "wanet", "adaptive_badnets", "adap
 
 
 def label(spec: dict) -> str:
-    """The attack, with what the attacker optimised when it knew the defense (exact, bpda or energy), and
-    "grey-box" when its EBM was not the defender's clean one."""
+    """The attack, with what the attacker optimised when it knew the defense (exact, bpda or energy), the T it
+    assumed when not 150, and "grey-box" when its EBM was not the defender's clean one."""
     aware = spec.get("defense_awareness") or {}
     if not aware:
         return spec["attack"]
     grey = "" if "/ebm/clean_" in Path(aware.get("ebm") or "").as_posix() else ", grey-box"
-    return f"{spec['attack']} ({aware['awareness']}{grey})"
+    chain = f", T = {aware['chain_steps']}" if aware["awareness"] != "energy" and aware.get("chain_steps") != 150 else ""
+    return f"{spec['attack']} ({aware['awareness']}{chain}{grey})"
 
 
 def purify(folder: Path, out: Path, ckpt: Path, batch_size: int, *flags: str) -> dict:

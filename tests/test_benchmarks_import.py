@@ -24,3 +24,21 @@ def test_every_benchmark_imports(script, monkeypatch):
     monkeypatch.setitem(sys.modules, spec.name, module)
     spec.loader.exec_module(module)  # runs the imports and definitions; `main` runs only under __main__
     assert (module.__doc__ or "").strip(), f"{script.name} says what it measures in its docstring"
+
+
+def test_the_stopping_rule_study_labels_each_attacker_apart(monkeypatch):
+    """White-box and grey-box sets, and sets made for another T, land in separate rows of the study's table."""
+    monkeypatch.syspath_prepend(str(ROOT))
+    spec = importlib.util.spec_from_file_location("study_stopping_rule", ROOT / "studies/stopping_rule.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    def made(awareness=None, ebm="out/ebm/clean_holdout_500steps/runs/x/checkpoints/last.ckpt", chain_steps=150):
+        aware = {"awareness": awareness, "ebm": ebm, "chain_steps": chain_steps} if awareness else None
+        return {"attack": "adaptive_badnets" if awareness else "badnets", "defense_awareness": aware}
+
+    assert module.label(made()) == "badnets"
+    assert module.label(made("exact")) == "adaptive_badnets (exact)"
+    assert module.label(made("exact", chain_steps=300)) == "adaptive_badnets (exact, T = 300)"
+    assert module.label(made("exact", ebm="out/ebm/poisoned_blended_c0/last.ckpt")) == "adaptive_badnets (exact, grey-box)"
+    assert module.label(made("energy", chain_steps=300)) == "adaptive_badnets (energy)"
