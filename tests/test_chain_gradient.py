@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -86,6 +87,20 @@ def test_adaptive_badnets_optimises_a_patch_more_of_which_survives_the_chain(tmp
     assert objective["trigger"] >= objective["no_trigger"] > 0 and objective["first_steps_mean"] < 0
     awareness = record["defense_awareness"]
     assert awareness["ebm"] == str(grey_ebm.resolve()) and awareness["awareness"] == "exact" and awareness["chain_steps"] == 10
+
+
+def test_adaptive_badnets_from_grey_finds_its_own_patch(tmp_path, grey_ebm):
+    """From mid-grey the surviving signal grows from nothing, and the patch is not BadNets' checkerboard."""
+    from pureebm_lightning.poisoning.attacks.badnets import checkerboard
+
+    out = tmp_path / "grey"
+    main(["poison", "adaptive_badnets", "--out", str(out), *TINY_POISON_DATA, "--ebm_path", str(grey_ebm), "--budget", "0.05",
+          "--steps", "20", "--lr", "0.2", "--chain_steps", "5", "--batch_size", "16", "--start", "grey"])
+    record = json.loads((out / "poison.json").read_text())
+    assert record["start"] == "grey" and record["objective"]["last_steps_mean"] < record["objective"]["first_steps_mean"]
+    patch = np.load(out / "trigger.npy")[0]
+    board = checkerboard(patch.shape[0], patch.shape[-1]).float().numpy() / 127.5 - 1
+    assert patch.shape == board.shape and np.abs(patch - board).max() > 0.1 and record["objective"]["trigger"] > 0
 
 
 @pytest.mark.parametrize("gradient", ["bpda", "energy"])

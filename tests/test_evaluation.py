@@ -236,6 +236,7 @@ OVERLAYS = [  # (base, overlays, {attack: (gradient, the evaluation's EBM it nam
     ("digits", ["digits_low_energy"], {"adaptive_badnets": ("energy", "clean"), "adaptive_narcissus": ("energy", "clean")}),
     ("cifar10_cpu", ["cifar10_cpu_defense_aware"], {"adaptive_badnets": ("exact", "clean")}),
     ("cifar10_cpu", ["cifar10_cpu_defense_aware", "cifar10_cpu_grey_box"], {"adaptive_badnets": ("exact", "poisoned")}),
+    ("cifar10_cpu", ["cifar10_cpu_defense_aware", "cifar10_cpu_adaptive_t300"], {"adaptive_badnets": ("exact", "clean")}),
 ]
 
 
@@ -250,7 +251,9 @@ def test_the_defense_aware_overlays_name_the_evaluations_own_ebms(tmp_path, base
     alone = settings(["--config", str(ROOT / f"configs/evaluate/{base}.yaml")]).resolved()
     cfg = settings(["--config", str(ROOT / f"configs/evaluate/{base}.yaml"),
                     *[flag for name in overlays for flag in ("--config", str(ROOT / f"configs/evaluate/{name}.yaml"))]]).resolved()
-    assert cfg.plugins.attacks == list(attacks) and cfg.plugins.sweep == [0, 150] and cfg.plugins.defenses == []
+    assert cfg.plugins.attacks == list(attacks) and cfg.plugins.defenses == []
+    chain = {int(f.split("=")[1]) for a in attacks for f in attack_flags(cfg, a) if f.startswith("--chain_steps")}
+    assert cfg.plugins.sweep == sorted({0, 150} | chain)  # victims at the main table's T and at the T the attacker assumed
     assert (cfg.ebm, cfg.victim, cfg.data) == (alone.ebm, alone.victim, alone.data)  # the main table's EBMs and victims are kept
     assert cfg.attacks.narcissus_epsilon == alone.attacks.narcissus_epsilon
     assert cfg.attacks.target_classes == alone.attacks.target_classes[:len(cfg.attacks.target_classes)]  # same seeds per class

@@ -88,7 +88,7 @@ def signal_rms(attacker, images: torch.Tensor, patch: torch.Tensor, row: int, co
 def adaptive_badnets(clean: CleanData, ebm_path: str | None = None, target_class: int = 0, budget: float = 0.1,
                      patch_size: int = 3, steps: int = 200, lr: float = 0.05, batch_size: int = 32,
                      gradient: Literal["exact", "energy"] = "exact", chain_steps: int = 150, eot: int = 1,
-                     seed: int = 0, accelerator: str = "auto", progress: bool = True) -> Poisoning:
+                     start: Literal["checkerboard", "grey"] = "checkerboard", seed: int = 0, accelerator: str = "auto", progress: bool = True) -> Poisoning:
     """BadNets with a patch optimised to survive the defender's EBM purification (dirty label, defense-aware).
 
     Args:
@@ -96,12 +96,14 @@ def adaptive_badnets(clean: CleanData, ebm_path: str | None = None, target_class
         target_class: the class the trigger leads to.
         budget: share of the training set poisoned.
         patch_size: side of the patch, in pixels (BadNets' place: one pixel in from the bottom-right corner).
-        steps: optimisation steps of the patch (Adam), from BadNets' checkerboard.
+        steps: optimisation steps of the patch (Adam), from ``start``.
         lr: Adam learning rate.
         batch_size: images per step (each goes through the chain with exact: the cost is steps x batch x chain_steps).
         gradient: exact (backpropagation through the chain) or energy (the patch of lowest energy, no chain).
         chain_steps: the T the attacker assumes the defender uses.
         eot: noise draws of the chain averaged per step.
+        start: the patch the optimisation starts from: BadNets' checkerboard (its pixels at 0 and 255, where tanh
+            saturates, so a pixel rarely flips), or mid-grey (every pixel free to go either way).
         seed: seed of every random choice.
         accelerator: device of the optimisation (cpu, gpu, auto).
         progress: show progress bars.
@@ -112,6 +114,8 @@ def adaptive_badnets(clean: CleanData, ebm_path: str | None = None, target_class
     if gradient not in ("exact", "energy"):
         raise PoisonedDataError(f"--gradient must be exact or energy for adaptive_badnets, got {gradient!r} (BPDA's identity "
                                 "has no change to minimise)")
+    if start not in ("checkerboard", "grey"):
+        raise PoisonedDataError(f"--start must be checkerboard or grey, got {start!r}")
     if steps < 1 or batch_size < 1:
         raise PoisonedDataError(f"--steps and --batch_size must be at least 1, got {steps} and {batch_size}")
     rows = choose_rows(train.labels, poison_count(budget, len(train)), torch.Generator().manual_seed(seed),
@@ -120,8 +124,9 @@ def adaptive_badnets(clean: CleanData, ebm_path: str | None = None, target_class
     device = "cuda" if accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available() else "cpu"
     others = to_signed_unit(train.images[train.labels != target_class])
     attacker = load_attacker_ebm(ebm_path, gradient, chain_steps, eot, others, device, seed)
-    start = to_signed_unit(checkerboard(channels, patch_size)).float()
-    patch, history = optimise_patch(attacker, others, start, row, col, steps, lr, batch_size, seed, progress)
+    board = to_signed_unit(checkerboard(channels, patch_size)).float()  # BadNets' patch: the objective's reference
+    first = board if start == "checkerboard" else torch.zeros_like(board)
+    patch, history = optimise_patch(attacker, others, first, row, col, steps, lr, batch_size, seed, progress)
     stored = to_uint8(patch)  # 8-bit, as written
     as_written = to_signed_unit(stored)
     images, labels = train.images.clone(), train.labels.clone()
@@ -130,7 +135,7 @@ def adaptive_badnets(clean: CleanData, ebm_path: str | None = None, target_class
     window = max(1, len(history) // 10)
     measure = others[: 256]
     objective = {"name": "RMS surviving signal (1/255) of the patch through the attacker's Psi_T, BadNets' checkerboard -> this patch",
-                 "no_trigger": signal_rms(attacker, measure, start, row, col, seed),
+                 "no_trigger": signal_rms(attacker, measure, board, row, col, seed),
                  "trigger": signal_rms(attacker, measure, as_written, row, col, seed),
                  "optimised": ("mean square surviving signal (maximised)" if gradient == "exact"
                                else "energy above the images without the patch, in clean standard deviations"),
@@ -139,6 +144,6 @@ def adaptive_badnets(clean: CleanData, ebm_path: str | None = None, target_class
         attack="adaptive_badnets", kind="triggered", train=Split(images, labels, train.ids), test=clean.test,
         poison_ids=train.ids[rows].tolist(), clean_label=False, target_class=target_class,
         trigger=as_written[None], trigger_spec={"mode": "patch", "position": [row, col], "magnification": 1.0},
-        record={"budget": budget, "patch_size": patch_size, "steps": steps, "lr": lr, "batch_size": batch_size,
+        record={"budget": budget, "patch_size": patch_size, "steps": steps, "lr": lr, "batch_size": batch_size, "start": start,
                 "defense_awareness": attacker.record, "objective": objective},
     )
