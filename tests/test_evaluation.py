@@ -234,6 +234,7 @@ def test_settings_resolve_quick_and_refuse_a_main_T_outside_the_sweep():
 OVERLAYS = [  # (base, overlays, {attack: (gradient, the evaluation's EBM it names)})
     ("digits", ["digits_defense_aware"], {"adaptive_badnets": ("exact", "clean"), "adaptive_narcissus": ("bpda", "clean")}),
     ("digits", ["digits_low_energy"], {"adaptive_badnets": ("energy", "clean"), "adaptive_narcissus": ("energy", "clean")}),
+    ("digits", ["digits_grey_box"], {"adaptive_badnets": ("exact", "poisoned")}),
     ("cifar10_cpu", ["cifar10_cpu_defense_aware"], {"adaptive_badnets": ("exact", "clean")}),
     ("cifar10_cpu", ["cifar10_cpu_defense_aware", "cifar10_cpu_grey_box"], {"adaptive_badnets": ("exact", "poisoned")}),
     ("cifar10_cpu", ["cifar10_cpu_defense_aware", "cifar10_cpu_adaptive_t300"], {"adaptive_badnets": ("exact", "clean")}),
