@@ -77,9 +77,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="the evaluation folder")
     parser.add_argument("--csv", action="store_true", help="also write <out>/security_table.csv")
-    parser.add_argument("--config", nargs="+", default=[str(Path(__file__).resolve().parents[1] / "configs/evaluate/digits.yaml")],
-                        help="the evaluation's config(s) (their victim recipe names the kept victims)")
+    parser.add_argument("--config", action="extend", nargs="+", default=None,
+                        help="the evaluation's config(s), as given to `pureebm evaluate` (their victim recipe names the kept "
+                             "victims; default: the digits one)")
     args = parser.parse_args()
+    args.config = args.config or [str(Path(__file__).resolve().parents[1] / "configs/evaluate/digits.yaml")]
     out = Path(args.out)
     rows = [json.loads(line) for line in (out / "victims.jsonl").read_text().splitlines() if line.strip()]
     add_x3(out, rows, args.config)

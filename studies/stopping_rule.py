@@ -34,7 +34,8 @@ ATTACKS = ("badnets", "blended", "narcissus", "wanet", "adaptive_badnets", "adap
 
 def label(spec: dict) -> str:
     """The attack, with what the attacker optimised when it knew the defense (exact, bpda or energy), the T it
-    assumed when not 150, and "grey-box" when its EBM was not the defender's clean one."""
+    assumed when not 150, and "grey-box" when its EBM was not the evaluation's clean one (told by its path,
+    ``<out>/ebm/clean_*``: an EBM from elsewhere, pretrained or hf://, counts as grey-box)."""
     aware = spec.get("defense_awareness") or {}
     if not aware:
         return spec["attack"]
@@ -52,11 +53,12 @@ def purify(folder: Path, out: Path, ckpt: Path, batch_size: int, *flags: str) ->
     return json.loads(manifest.read_text())
 
 
-def main() -> None:
+def arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (``--config`` repeated or with several files: all of them, in order)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="the evaluation folder")
-    parser.add_argument("--config", nargs="+", default=[str(ROOT / "configs/evaluate/digits.yaml")],
-                        help="the evaluation's config(s), as given to `pureebm evaluate`")
+    parser.add_argument("--config", action="extend", nargs="+", default=None,
+                        help="the evaluation's config(s), as given to `pureebm evaluate` (default: the digits one)")
     parser.add_argument("--quantile", type=float, default=0.5)
     parser.add_argument("--patience", type=int, default=10)
     parser.add_argument("--max_steps", type=int, default=1000)
@@ -69,7 +71,13 @@ def main() -> None:
                         help="the attacks to study: names, or labels such as 'adaptive_badnets (exact)'")
     parser.add_argument("--calibration", choices=["holdout", "self"], default="holdout",
                         help="holdout: the clean EBM's own training images; self: the set being purified (poisons included)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    args.config = args.config or [str(ROOT / "configs/evaluate/digits.yaml")]
+    return args
+
+
+def main() -> None:
+    args = arguments()
     out = Path(args.out)
     cfg = settings(config_flags(args.config)).resolved()
     study = out / "studies" / "stopping_rule"
@@ -82,6 +90,7 @@ def main() -> None:
         raise SystemExit(f"{out / 'data'}: holds no poisoned set of {', '.join(ATTACKS)}: run `pureebm evaluate` first")
     specs = {f.name: json.loads((f / "poison.json").read_text()) for f in folders}
     folders = [f for f in folders if specs[f.name]["attack"] in args.attacks or label(specs[f.name]) in args.attacks]
+    folders = [f for f in folders if specs[f.name]["target_class"] in cfg.attacks.target_classes]  # an overlay's classes only
     table: dict[tuple[str, str], list[dict]] = defaultdict(list)
     have = set()
     evaluated = [json.loads(line) for line in (out / "victims.jsonl").read_text().splitlines() if line.strip()]

@@ -26,12 +26,17 @@ def test_every_benchmark_imports(script, monkeypatch):
     assert (module.__doc__ or "").strip(), f"{script.name} says what it measures in its docstring"
 
 
-def test_the_stopping_rule_study_labels_each_attacker_apart(monkeypatch):
-    """White-box and grey-box sets, and sets made for another T, land in separate rows of the study's table."""
+def stopping_rule_study(monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT))
     spec = importlib.util.spec_from_file_location("study_stopping_rule", ROOT / "studies/stopping_rule.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    return module
+
+
+def test_the_stopping_rule_study_labels_each_attacker_apart(monkeypatch):
+    """White-box and grey-box sets, and sets made for another T, land in separate rows of the study's table."""
+    module = stopping_rule_study(monkeypatch)
 
     def made(awareness=None, ebm="out/ebm/clean_holdout_500steps/runs/x/checkpoints/last.ckpt", chain_steps=150):
         aware = {"awareness": awareness, "ebm": ebm, "chain_steps": chain_steps} if awareness else None
@@ -42,3 +47,11 @@ def test_the_stopping_rule_study_labels_each_attacker_apart(monkeypatch):
     assert module.label(made("exact", chain_steps=300)) == "adaptive_badnets (exact, T = 300)"
     assert module.label(made("exact", ebm="out/ebm/poisoned_blended_c0/last.ckpt")) == "adaptive_badnets (exact, grey-box)"
     assert module.label(made("energy", chain_steps=300)) == "adaptive_badnets (energy)"
+
+
+def test_the_stopping_rule_study_takes_an_evaluations_overlays(monkeypatch):
+    module = stopping_rule_study(monkeypatch)
+    a, b = "configs/evaluate/cifar10_cpu.yaml", "configs/evaluate/cifar10_cpu_defense_aware.yaml"
+    assert module.arguments(["--out", "x", "--config", a, "--config", b]).config == [a, b]  # repeated, as for `pureebm evaluate`
+    assert module.arguments(["--out", "x", "--config", a, b]).config == [a, b]
+    assert module.arguments(["--out", "x"]).config == [str(ROOT / "configs/evaluate/digits.yaml")]
