@@ -22,6 +22,13 @@ from statistics import mean, stdev
 #: the non-adaptive attack each defense-aware one is measured against
 BASELINE = {"adaptive_badnets": "badnets", "adaptive_narcissus": "narcissus"}
 DEFENSES = [("none", "none"), ("jpeg", "JPEG"), ("T150", "PureEBM T=150")]
+DIGITS_CONFIG = str(Path(__file__).resolve().parents[1] / "configs/evaluate/digits.yaml")
+
+
+def white_box(aware: dict) -> bool:
+    """Whether the attacker's EBM (poison.json's ``defense_awareness``) was the evaluation's own clean one, told by its
+    path (``<out>/ebm/clean_*``); any other EBM, pretrained or hf:// included, is grey-box."""
+    return "/ebm/clean_" in Path(aware.get("ebm") or "").as_posix()
 
 
 def variant(out: Path, folder: str) -> str:
@@ -31,7 +38,7 @@ def variant(out: Path, folder: str) -> str:
     if not aware:
         return "not defense-aware"
     ebm = Path(aware["ebm"]).as_posix()
-    box = "white-box (the defender's clean EBM)" if "/ebm/clean_" in ebm else f"grey-box (EBM {Path(ebm).parents[3].name})"
+    box = "white-box (the defender's clean EBM)" if white_box(aware) else f"grey-box (EBM {Path(ebm).parents[3].name})"
     how = {"bpda": "BPDA through", "exact": "exact gradient through", "energy": "low energy under"}[aware["awareness"]]
     chain = f"{how} T = {aware['chain_steps']}" if aware["awareness"] != "energy" else how + " the EBM"
     return f"{chain}, {box}"
@@ -60,6 +67,17 @@ def add_x3(out: Path, rows: list[dict], configs: list[str]) -> None:
             r.update(measure(model, poisoned, poisoned, magnifications=(1.0, 3.0)))
 
 
+def add_config_argument(parser: argparse.ArgumentParser) -> None:
+    """``--config``, repeated or with several files (the evaluation's config and its overlays); see `evaluation_configs`."""
+    parser.add_argument("--config", action="extend", nargs="+", default=None,
+                        help="the evaluation's config(s), as given to `pureebm evaluate` (default: the digits one)")
+
+
+def evaluation_configs(args: argparse.Namespace) -> list[str]:
+    """The configs ``--config`` named, in order, or the digits evaluation's."""
+    return args.config or [DIGITS_CONFIG]
+
+
 def config_flags(configs: list[str]) -> list[str]:
     """``--config`` options for the evaluation's configs (several: later ones override, as in `pureebm evaluate`)."""
     return [flag for config in configs for flag in ("--config", str(config))]
@@ -77,11 +95,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="the evaluation folder")
     parser.add_argument("--csv", action="store_true", help="also write <out>/security_table.csv")
-    parser.add_argument("--config", action="extend", nargs="+", default=None,
-                        help="the evaluation's config(s), as given to `pureebm evaluate` (their victim recipe names the kept "
-                             "victims; default: the digits one)")
+    add_config_argument(parser)  # their victim recipe names the kept victims
     args = parser.parse_args()
-    args.config = args.config or [str(Path(__file__).resolve().parents[1] / "configs/evaluate/digits.yaml")]
+    args.config = evaluation_configs(args)
     out = Path(args.out)
     rows = [json.loads(line) for line in (out / "victims.jsonl").read_text().splitlines() if line.strip()]
     add_x3(out, rows, args.config)

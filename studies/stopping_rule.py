@@ -27,19 +27,18 @@ sys.path.insert(0, str(ROOT))
 from pureebm_lightning.cli import main as pureebm  # noqa: E402
 from pureebm_lightning.evaluation.command import settings  # noqa: E402
 from pureebm_lightning.evaluation.victims import Victims, measure  # noqa: E402
-from studies.security_table import add_x3, config_flags, stat  # noqa: E402
+from studies.security_table import add_config_argument, add_x3, config_flags, evaluation_configs, stat, white_box  # noqa: E402
 
 ATTACKS = ("badnets", "blended", "narcissus", "wanet", "adaptive_badnets", "adaptive_narcissus")
 
 
 def label(spec: dict) -> str:
     """The attack, with what the attacker optimised when it knew the defense (exact, bpda or energy), the T it
-    assumed when not 150, and "grey-box" when its EBM was not the evaluation's clean one (told by its path,
-    ``<out>/ebm/clean_*``: an EBM from elsewhere, pretrained or hf://, counts as grey-box)."""
+    assumed when not 150, and "grey-box" when its EBM was not the evaluation's clean one (`white_box`)."""
     aware = spec.get("defense_awareness") or {}
     if not aware:
         return spec["attack"]
-    grey = "" if "/ebm/clean_" in Path(aware.get("ebm") or "").as_posix() else ", grey-box"
+    grey = "" if white_box(aware) else ", grey-box"
     chain = f", T = {aware['chain_steps']}" if aware["awareness"] != "energy" and aware.get("chain_steps") != 150 else ""
     return f"{spec['attack']} ({aware['awareness']}{chain}{grey})"
 
@@ -57,8 +56,7 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line (``--config`` repeated or with several files: all of them, in order)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, help="the evaluation folder")
-    parser.add_argument("--config", action="extend", nargs="+", default=None,
-                        help="the evaluation's config(s), as given to `pureebm evaluate` (default: the digits one)")
+    add_config_argument(parser)
     parser.add_argument("--quantile", type=float, default=0.5)
     parser.add_argument("--patience", type=int, default=10)
     parser.add_argument("--max_steps", type=int, default=1000)
@@ -72,7 +70,7 @@ def arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--calibration", choices=["holdout", "self"], default="holdout",
                         help="holdout: the clean EBM's own training images; self: the set being purified (poisons included)")
     args = parser.parse_args(argv)
-    args.config = args.config or [str(ROOT / "configs/evaluate/digits.yaml")]
+    args.config = evaluation_configs(args)
     return args
 
 

@@ -75,20 +75,18 @@ def summary_with(none: dict, pure: dict, jpeg: dict, floor: dict, sweep: dict) -
 def test_target_checks_tell_met_from_not_met_and_not_measurable():
     sweep = {a: {0: (1.0, 0.985), 25: (0.9, 0.985), 150: (0.02, 0.984), 1000: (0.01, 0.95)} for a in ("badnets", "blended")}
     sweep["narcissus"] = {0: ((0.05, 0.7), 0.98), 25: ((0.05, 0.5), 0.98), 150: ((0.01, 0.2), 0.98), 1000: ((0.01, 0.2), 0.96)}
-    checks = targets(summary_with(none={"badnets": 1.0, "blended": 0.95, "narcissus": (0.05, 0.7)},
-                                  pure={"badnets": 0.5, "blended": 0.03, "narcissus": (0.01, 0.22)},
-                                  jpeg={"badnets": 1.0, "blended": 0.9, "narcissus": (0.05, 0.6)},
-                                  floor={"badnets": 0.0, "blended": 0.0, "narcissus": (0.01, 0.2)}, sweep=sweep), 150)
+    measured = dict(none={"badnets": 1.0, "blended": 0.95, "narcissus": (0.05, 0.7)},
+                    pure={"badnets": 0.5, "blended": 0.03, "narcissus": (0.01, 0.22)},
+                    jpeg={"badnets": 1.0, "blended": 0.9, "narcissus": (0.05, 0.6)},
+                    floor={"badnets": 0.0, "blended": 0.0, "narcissus": (0.01, 0.2)}, sweep=sweep)
+    checks = targets(summary_with(**measured), 150)
     status = {name: c["status"] for name, c in checks.items()}
     assert status["blended_works"] == "met" and status["narcissus_works"] == "NOT met" and status["gm_works"] == "NOT met"
     assert status["blended_removed"] == "met" and status["narcissus_removed"].startswith("not measurable")
     assert status["narcissus_x3_to_floor"] == "met"  # 70 % -> 22 % at x3, floor 20 %
     assert status["beats_jpeg"] == "met"  # Blended 3 vs 90 %, Narcissus x3 22 vs 60 %
     assert status["window"] == "met" and status["badnets"] == "NOT met"
-    no_gm = summary_with(none={"badnets": 1.0, "blended": 0.95, "narcissus": (0.05, 0.7)},
-                         pure={"badnets": 0.5, "blended": 0.03, "narcissus": (0.01, 0.22)},
-                         jpeg={"badnets": 1.0, "blended": 0.9, "narcissus": (0.05, 0.6)},
-                         floor={"badnets": 0.0, "blended": 0.0, "narcissus": (0.01, 0.2)}, sweep=sweep)
+    no_gm = summary_with(**measured)
     no_gm["table"]["gradient_matching"]["none"] = {}  # attacks.gm_targets 0: Gradient Matching was not run
     assert targets(no_gm, 150)["gm_works"]["status"].startswith("not measurable (attacks.gm_targets is 0")
     tie = targets(summary_with(none={"badnets": 1.0, "blended": 0.95, "narcissus": (0.05, 0.7)},

@@ -414,8 +414,8 @@ def targets(summary: dict, T: int, points: float = 2.0) -> dict:
     k, n, fk = gm.get("hits", 0), gm.get("targets", 0), floors["gradient_matching"].get("hits", 0)
     lo, hi = gm.get("wilson", [0.0, 0.0])
     checks["gm_works"] = {"what": "Gradient Matching works undefended (more targets hit than on the clean-trained model)",
-                          "status": status(n > 0 and k > fk) if n else "not measurable (attacks.gm_targets is 0: not run)", "measured": f"{k}/{n} targets (Wilson 95 % {max(0.0, 100 * lo):.0f}-{100 * hi:.0f} %), "
-                          f"floor {fk}/{n}"}
+                          "status": status(k > fk) if n else "not measurable (attacks.gm_targets is 0: not run)",
+                          "measured": f"{k}/{n} targets (Wilson 95 % {max(0.0, 100 * lo):.0f}-{100 * hi:.0f} %), floor {fk}/{n}"}
     checks.update(removal_checks(tab, floors, T, mag, works, "", points))
     picked = summary.get("picked_T", T)
     if picked is not None and picked != T:
