@@ -257,6 +257,23 @@ def test_the_lock_refuses_a_second_holder_names_it_and_hands_over_on_release(tmp
     OutputLock(tmp_path / "out").refuse_if_held()  # free again
 
 
+def test_a_released_lock_says_it_is_not_held_before_another_run_can_take_it(tmp_path, monkeypatch):
+    # the waiter above wakes as soon as the kernel lock goes: held must already be False by then
+    from pureebm_lightning.purification import output_lock
+
+    lock = output_lock.OutputLock(tmp_path / "out").acquire()
+    real_flock, held_at_unlock = output_lock.fcntl.flock, []
+
+    def flock(fd, op):
+        if op == output_lock.fcntl.LOCK_UN:
+            held_at_unlock.append(lock.held)
+        return real_flock(fd, op)
+
+    monkeypatch.setattr(output_lock.fcntl, "flock", flock)
+    lock.release()
+    assert held_at_unlock == [False] and not (tmp_path / "out" / output_lock.LOCK_FILE).exists()
+
+
 def test_the_lock_taken_before_writing_refuses_a_run_that_started_before_it(tmp_path, grey_ebm, monkeypatch):
     """Two runs that both passed the early check: the lock the predict loop takes stops the second, one line."""
     from pureebm_lightning.purification.output_lock import OutputLock

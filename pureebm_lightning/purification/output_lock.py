@@ -105,15 +105,15 @@ class OutputLock:
 
     def release(self) -> None:
         """Remove the lock file, then release the lock (a run that locked the removed file sees it and retries)."""
-        if self._fd is not None:
+        fd, self._fd = self._fd, None  # not held from here on, before another run can take the lock
+        if fd is not None:
             try:
-                if self._still_linked(self._fd):
+                if self._still_linked(fd):
                     self.path.unlink()
             except OSError:
                 pass
-            fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
-            self._fd = None
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
 
     @property
     def held(self) -> bool:
