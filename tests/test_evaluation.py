@@ -239,6 +239,7 @@ OVERLAYS = [  # (base, overlays, {attack: (gradient, the evaluation's EBM it nam
     ("digits", ["digits_defense_aware"], {"adaptive_badnets": ("exact", "clean"), "adaptive_narcissus": ("bpda", "clean")}),
     ("digits", ["digits_low_energy"], {"adaptive_badnets": ("energy", "clean"), "adaptive_narcissus": ("energy", "clean")}),
     ("digits", ["digits_grey_box"], {"adaptive_badnets": ("exact", "poisoned")}),
+    ("digits", ["digits_narcissus_exact"], {"adaptive_narcissus": ("exact", "clean")}),
     ("cifar10_cpu", ["cifar10_cpu_defense_aware"], {"adaptive_badnets": ("exact", "clean")}),
     ("cifar10_cpu", ["cifar10_cpu_defense_aware", "cifar10_cpu_grey_box"], {"adaptive_badnets": ("exact", "poisoned")}),
     ("cifar10_cpu", ["cifar10_cpu_defense_aware", "cifar10_cpu_adaptive_t300"], {"adaptive_badnets": ("exact", "clean")}),
@@ -270,10 +271,13 @@ def test_the_defense_aware_overlays_name_the_evaluations_own_ebms(tmp_path, base
         known = set(inspect.signature(ATTACKS[attack]).parameters)  # every option the overlay sets is one the attack takes
         assert {flag[2:].split("=")[0] for flag in flags} <= known, attack
     if base == "digits":
-        assert "--budget=0.01" in attack_flags(cfg, "adaptive_badnets", ebms)
+        assert "adaptive_badnets" not in attacks or "--budget=0.01" in attack_flags(cfg, "adaptive_badnets", ebms)
     else:  # the CIFAR-10 security study: class 0, no Gradient Matching, T in {0, 150}; BadNets' own budget
         assert (cfg.attacks.target_classes, cfg.attacks.gm_targets, cfg.defenses.sweep) == ([0], 0, [0, 150])
         assert f"--budget={cfg.attacks.badnets_budget}" in attack_flags(cfg, "adaptive_badnets", ebms)
+    if "adaptive_narcissus" in attacks:  # the main table's Narcissus budget and epsilon
+        assert {f"--budget={cfg.attacks.narcissus_budget}", f"--epsilon={cfg.attacks.narcissus_epsilon}"} <= \
+            set(attack_flags(cfg, "adaptive_narcissus", ebms))
 
 
 @pytest.mark.parametrize("name", ["digits", "cifar10_cpu", "cifar10_paper"])
