@@ -1,8 +1,8 @@
 """The security table: each defense-aware attack of an evaluation folder next to its non-adaptive version, with no
 defense, JPEG and PureEBM at T = 150 (means ± standard deviation over target classes).
 
-Reads what `pureebm evaluate` wrote (victims.jsonl, and each poisoned folder's poison.json for what the attacker
-knew); trains nothing. Run it after the evaluation with the defense-aware overlay:
+Reads what `pureebm evaluate` wrote (victims.jsonl, one row per set, defense and victim seed, and each poisoned
+folder's poison.json for what the attacker knew); trains nothing. Run it after the evaluation with the defense-aware overlay:
 
     pureebm evaluate --config configs/evaluate/digits.yaml --config configs/evaluate/digits_defense_aware.yaml --out runs/evaluate/digits
     python studies/security_table.py --out runs/evaluate/digits
@@ -42,6 +42,27 @@ def variant(out: Path, folder: str) -> str:
     how = {"bpda": "BPDA through", "exact": "exact gradient through", "energy": "low energy under"}[aware["awareness"]]
     chain = f"{how} T = {aware['chain_steps']}" if aware["awareness"] != "energy" else how + " the EBM"
     return f"{chain}, {box}"
+
+
+def evaluated_rows(out: Path) -> list[dict]:
+    """victims.jsonl's rows, one per poisoned set, defense and victim seed. The file keeps every victim the folder ever
+    trained, so a set purified again (a rerun with more target classes re-purifies the main table's sets with other
+    chain noise) has several; the one the latest evaluation reported (results.csv, plugins.json) is kept, else the
+    last one written."""
+    rows = [json.loads(line) for line in (out / "victims.jsonl").read_text().splitlines() if line.strip()]
+    latest = set()
+    if (out / "results.csv").is_file():
+        with open(out / "results.csv", newline="") as f:
+            latest |= {r["key"] for r in csv.DictReader(f)}
+    if (out / "plugins.json").is_file():
+        latest |= {r["key"] for r in json.loads((out / "plugins.json").read_text())}
+    chosen: dict[tuple, dict] = {}
+    for r in rows:
+        cell = (*r["key"].split("|")[:2], r["victim_seed"])
+        if cell not in chosen or chosen[cell]["key"] not in latest:
+            chosen[cell] = r
+    kept = {id(r) for r in chosen.values()}
+    return [r for r in rows if id(r) in kept]
 
 
 def add_x3(out: Path, rows: list[dict], configs: list[str]) -> None:
@@ -99,7 +120,7 @@ def main() -> None:
     args = parser.parse_args()
     args.config = evaluation_configs(args)
     out = Path(args.out)
-    rows = [json.loads(line) for line in (out / "victims.jsonl").read_text().splitlines() if line.strip()]
+    rows = evaluated_rows(out)
     add_x3(out, rows, args.config)
     cells: dict[tuple[str, str, str], list[dict]] = defaultdict(list)
     adaptive = sorted({(r["attack"], r["key"].split("|")[0]) for r in rows if r["attack"] in BASELINE})

@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 from pureebm_lightning.cli import main as pureebm  # noqa: E402
 from pureebm_lightning.evaluation.command import settings  # noqa: E402
 from pureebm_lightning.evaluation.victims import Victims, measure  # noqa: E402
-from studies.security_table import add_config_argument, add_x3, config_flags, evaluation_configs, stat, white_box  # noqa: E402
+from studies.security_table import add_config_argument, add_x3, config_flags, evaluated_rows, evaluation_configs, stat, white_box  # noqa: E402,E501
 
 ATTACKS = ("badnets", "blended", "narcissus", "wanet", "adaptive_badnets", "adaptive_narcissus")
 
@@ -91,7 +91,7 @@ def main() -> None:
     folders = [f for f in folders if specs[f.name]["target_class"] in cfg.attacks.target_classes]  # an overlay's classes only
     table: dict[tuple[str, str], list[dict]] = defaultdict(list)
     have = set()
-    evaluated = [json.loads(line) for line in (out / "victims.jsonl").read_text().splitlines() if line.strip()]
+    evaluated = evaluated_rows(out)  # one victim per set, defense and seed: the latest evaluation's
     add_x3(out, evaluated, args.config)  # the defense-aware Narcissus victims: x3 too (kept models, no training)
     for r in evaluated:
         name = r["key"].split("|")[0]

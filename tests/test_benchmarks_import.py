@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import sys
 
 import pytest
@@ -55,3 +56,26 @@ def test_the_stopping_rule_study_takes_an_evaluations_overlays(monkeypatch):
     assert module.arguments(["--out", "x", "--config", a, "--config", b]).config == [a, b]  # repeated, as for `pureebm evaluate`
     assert module.arguments(["--out", "x", "--config", a, b]).config == [a, b]
     assert module.arguments(["--out", "x"]).config == [str(ROOT / "configs/evaluate/digits.yaml")]
+
+
+def test_the_studies_count_one_victim_per_set_defense_and_seed(tmp_path, monkeypatch):
+    """A set purified again (another run into the folder) leaves two victims of one cell in victims.jsonl: the studies
+    keep the one the latest evaluation reported, else the last written, and never average both."""
+    monkeypatch.syspath_prepend(str(ROOT))
+    spec = importlib.util.spec_from_file_location("study_security_table", ROOT / "studies/security_table.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    def row(folder, defense, defended, seed, success):
+        return {"key": f"{folder}|{defense}|{defended}|seed{seed}|epochs30", "victim_seed": seed, "success_x1": success}
+
+    rows = [row("badnets_c0-a", "none", "badnets_c0-a", 100, 1.0), row("badnets_c0-a", "T150", "T150-old", 100, 0.04),
+            row("badnets_c3-b", "T150", "T150-x", 101, 0.09), row("badnets_c0-a", "T150", "T150-new", 100, 0.06),
+            row("adaptive_badnets_c0-c", "T150", "T150-p", 100, 0.9), row("adaptive_badnets_c0-c", "T150", "T150-q", 100, 0.8)]
+    (tmp_path / "victims.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "results.csv").write_text("key,success_x1\n" + "".join(f"{r['key']},{r['success_x1']}\n" for r in rows[:3]))
+    assert [r["success_x1"] for r in module.evaluated_rows(tmp_path)] == [1.0, 0.04, 0.09, 0.8]  # latest run; else the last
+    (tmp_path / "results.csv").unlink()
+    assert [r["success_x1"] for r in module.evaluated_rows(tmp_path)] == [1.0, 0.09, 0.06, 0.8]
+    (tmp_path / "plugins.json").write_text(json.dumps([rows[4]]))
+    assert [r["success_x1"] for r in module.evaluated_rows(tmp_path)] == [1.0, 0.09, 0.06, 0.9]
