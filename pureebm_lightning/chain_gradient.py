@@ -4,12 +4,14 @@ purification settings optimises through (defense-aware attacks).
 Three gradients of the same forward chain (the defender's: T Langevin steps, the sampler's eps and tau, then the
 clamp to [-1, 1]): ``exact`` backpropagates through every step (second derivatives of the energy; with
 ``checkpoint`` each step's graph is recomputed in the backward pass instead of kept, so memory does not grow with T),
-``bpda`` takes the chain as the identity in the backward pass (straight-through, Athalye et al. 2018), and both
-average over ``eot`` draws of the chain's noise (expectation over transformation).
+``bpda`` takes the chain as the identity in the backward pass (straight-through, Athalye et al. 2018). For either,
+:meth:`DifferentiablePurification.expectation` averages an attacker's objective over ``eot`` draws of the chain's noise
+(expectation over transformation: the mean of the objective, not the objective of the mean image).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import torch
@@ -23,7 +25,8 @@ Gradient = Literal["exact", "bpda"]
 
 class DifferentiablePurification:
     """``steps`` Langevin steps of ``energy_net`` from images ``x`` (floats in [-1, 1]), clamped to [-1, 1], with the
-    gradient ``gradient`` with respect to ``x``; :meth:`__call__` returns the mean over ``eot`` noise draws.
+    gradient ``gradient`` with respect to ``x``: :meth:`__call__` is one chain (one noise draw), :meth:`expectation` an
+    objective's mean over ``eot`` draws.
 
     With the same generator state, the forward values equal :meth:`LangevinSampler.sample` followed by the clamp
     (the 8-bit rounding of the stored images is left out: it moves a pixel by at most 1/255)."""
@@ -37,11 +40,11 @@ class DifferentiablePurification:
         self.energy_net, self.sampler, self.steps = energy_net, sampler, steps
         self.gradient, self.eot, self.checkpoint = gradient, eot, checkpoint
 
-    def __call__(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        runs = [self.once(x, generator) for _ in range(self.eot)]
-        return runs[0] if self.eot == 1 else torch.stack(runs).mean(0)
+    def expectation(self, objective: Callable[[Tensor], Tensor], x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """EOT: the mean of ``objective(Psi_T(x))`` over ``eot`` chains from ``x``, each with fresh noise from ``generator``."""
+        return sum(objective(self(x, generator)) for _ in range(self.eot)) / self.eot
 
-    def once(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def __call__(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """One chain from ``x`` (one noise draw)."""
         if self.gradient == "bpda":
             with torch.no_grad():

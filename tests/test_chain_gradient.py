@@ -59,13 +59,22 @@ def test_the_chain_is_the_defenders_chain_and_bpda_passes_the_gradient_straight_
     assert torch.equal(leaf.grad, weights)
 
 
-def test_eot_averages_independent_draws_of_the_chains_noise():
+def test_eot_averages_the_objective_over_independent_draws_of_the_chains_noise():
     net, sampler, x = tiny_net(), LangevinSampler(step_size=0.1, temperature=0.05), start_images()
     one = DifferentiablePurification(net, sampler, 4, "exact")
     generator = torch.Generator().manual_seed(5)
     draws = [one(x, generator) for _ in range(3)]
-    averaged = DifferentiablePurification(net, sampler, 4, "exact", eot=3)(x, torch.Generator().manual_seed(5))
-    assert torch.allclose(averaged, torch.stack(draws).mean(0), atol=1e-12) and not torch.equal(draws[0], draws[1])
+    assert not torch.equal(draws[0], draws[1])
+
+    def objective(images):  # nonlinear: its mean over draws is not its value at the mean image
+        return images.pow(2).sum()
+
+    leaf = x.clone().requires_grad_(True)
+    expected = DifferentiablePurification(net, sampler, 4, "exact", eot=3).expectation(objective, leaf, torch.Generator().manual_seed(5))
+    assert torch.allclose(expected, sum(objective(d) for d in draws) / 3, atol=1e-12)
+    assert not torch.allclose(expected, objective(torch.stack(draws).mean(0)), atol=1e-6)
+    expected.backward()  # differentiable through every draw
+    assert leaf.grad is not None and leaf.grad.abs().sum() > 0
 
 
 def test_settings_out_of_range_are_refused():
@@ -95,26 +104,28 @@ def test_adaptive_badnets_from_grey_finds_its_own_patch(tmp_path, grey_ebm):
 
     out = tmp_path / "grey"
     main(["poison", "adaptive_badnets", "--out", str(out), *TINY_POISON_DATA, "--ebm_path", str(grey_ebm), "--budget", "0.05",
-          "--steps", "20", "--lr", "0.2", "--chain_steps", "5", "--batch_size", "16", "--start", "grey"])
+          "--steps", "20", "--lr", "0.2", "--chain_steps", "5", "--batch_size", "16", "--start", "grey", "--eot", "2"])
     record = json.loads((out / "poison.json").read_text())
+    assert record["defense_awareness"]["eot"] == 2  # each step's objective averaged over two pairs of chains
     assert record["start"] == "grey" and record["objective"]["last_steps_mean"] < record["objective"]["first_steps_mean"]
     patch = np.load(out / "trigger.npy")[0]
     board = checkerboard(patch.shape[0], patch.shape[-1]).float().numpy() / 127.5 - 1
     assert patch.shape == board.shape and np.abs(patch - board).max() > 0.1 and record["objective"]["trigger"] > 0
 
 
-@pytest.mark.parametrize("gradient", ["bpda", "energy"])
-def test_adaptive_narcissus_records_what_the_attacker_knew_and_lowers_its_own_objective(tmp_path, grey_ebm, gradient):
+@pytest.mark.parametrize("gradient, eot", [("bpda", 1), ("exact", 2), ("energy", 1)])
+def test_adaptive_narcissus_records_what_the_attacker_knew_and_lowers_its_own_objective(tmp_path, grey_ebm, gradient, eot):
     out = tmp_path / gradient
     main(["poison", "adaptive_narcissus", "--out", str(out), *TINY_POISON_DATA, "--ebm_path", str(grey_ebm), "--budget", "0.05",
           "--steps", "20", "--lr", "0.1", "--chain_steps", "5", "--batch_size", "16", "--surrogate_epochs", "2",
-          "--gradient", gradient, "--epsilon", "16"])
+          "--gradient", gradient, "--epsilon", "16", "--eot", str(eot)])
     record = json.loads((out / "poison.json").read_text())
     objective, awareness = record["objective"], record["defense_awareness"]
     assert record["clean_label"] and record["linf_255"] <= 16
     assert awareness["awareness"] == gradient and awareness["ebm_sha256"] and awareness["chain_steps"] == 5
+    assert awareness["eot"] == (None if gradient == "energy" else eot)
     assert objective["last_steps_mean"] < objective["first_steps_mean"]
-    if gradient == "bpda":  # through the attacker's chain, the trigger moves the surrogate towards the target
+    if gradient != "energy":  # through the attacker's chain, the trigger moves the surrogate towards the target
         assert objective["purified_trigger"] < objective["purified_no_trigger"]
 
 

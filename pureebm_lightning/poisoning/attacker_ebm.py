@@ -3,6 +3,7 @@ with the purification settings it assumes, as the pieces its optimisation needs.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -32,6 +33,14 @@ class AttackerEBM:
     def chain(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Psi_T of ``x`` with the chosen gradient; noise from ``generator`` (default: a fresh draw of the attack's own)."""
         return self.purification(x, self.generator if generator is None else generator)
+
+    def expected(self, objective: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
+        """EOT: ``objective`` of Psi_T(``x``) averaged over the attack's ``eot`` draws of the chain's noise."""
+        return self.purification.expectation(objective, x, self.generator)
+
+    @property
+    def eot(self) -> int:
+        return self.purification.eot if self.purification is not None else 1
 
     @torch.no_grad()
     def purified(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:

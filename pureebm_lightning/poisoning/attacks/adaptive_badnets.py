@@ -54,7 +54,9 @@ def optimise_patch(attacker, images: torch.Tensor, start: torch.Tensor, row: int
         if attacker.purification is None:
             loss = attacker.energy_penalty(pasted, batch)
         else:
-            loss = -surviving_signal(attacker, batch, pasted, row, col, start.shape[-1], seed * 100_003 + step).pow(2).mean()
+            draws = [surviving_signal(attacker, batch, pasted, row, col, start.shape[-1], seed * 100_003 + step + d * 1_000_003)
+                     for d in range(attacker.eot)]  # EOT: each draw's two chains share their noise
+            loss = -sum(signal.pow(2).mean() for signal in draws) / len(draws)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -101,7 +103,7 @@ def adaptive_badnets(clean: CleanData, ebm_path: str | None = None, target_class
         batch_size: images per step (each goes through the chain with exact: the cost is steps x batch x chain_steps).
         gradient: exact (backpropagation through the chain) or energy (the patch of lowest energy, no chain).
         chain_steps: the T the attacker assumes the defender uses.
-        eot: noise draws of the chain averaged per step.
+        eot: draws of the chain's noise the objective is averaged over, per step (EOT).
         start: the patch the optimisation starts from: BadNets' checkerboard (its pixels at 0 and 255, where tanh
             saturates, so a pixel rarely flips), or mid-grey (every pixel free to go either way).
         seed: seed of every random choice.

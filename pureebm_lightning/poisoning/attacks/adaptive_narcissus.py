@@ -9,7 +9,7 @@ assumes the defender's T (``chain_steps``). ``gradient`` says how the defense en
 - ``energy``: no chain; the loss adds ``energy_weight`` x the EBM's energy of x + delta above that of x, in standard
   deviations of clean energies (a low-energy trigger, which the chain has less reason to remove).
 
-``eot`` averages the chain over that many noise draws. Everything else (surrogate, budget, l_inf ball, clean labels,
+``eot`` averages the loss over that many draws of the chain's noise (EOT). Everything else (surrogate, budget, l_inf ball, clean labels,
 the trigger added at test time) is Narcissus'.
 """
 
@@ -66,7 +66,7 @@ def adaptive_narcissus(clean: CleanData, ebm_path: str | None = None, target_cla
         gradient: bpda (the chain's value, the identity's gradient), exact (backpropagation through the chain) or
             energy (no chain: a low-energy trigger).
         chain_steps: the T the attacker assumes the defender uses.
-        eot: noise draws of the chain averaged per step.
+        eot: draws of the chain's noise the loss is averaged over, per step (EOT).
         energy_weight: weight of the energy term (gradient energy), in standard deviations of clean energies.
         surrogate_epochs: epochs of the attacker's surrogate classifier.
         surrogate_arch: the surrogate's network (auto: SmallCNN up to 16x16 images, ResNet-18 above).
@@ -96,7 +96,7 @@ def adaptive_narcissus(clean: CleanData, ebm_path: str | None = None, target_cla
     def penalty(triggered: torch.Tensor) -> torch.Tensor:
         return energy_weight * attacker.energy_penalty(triggered, reference[: len(triggered)])
 
-    purify = attacker.chain if gradient != "energy" else None
+    purify = attacker.expected if gradient != "energy" else None
     trigger, history = optimise_trigger(model, x, target_class, epsilon, steps, lr, batch_size=batch_size, hflip=hflip,
                                         seed=seed, progress=progress, purify=purify,
                                         penalty=penalty if gradient == "energy" else None)

@@ -35,13 +35,14 @@ from pureebm_lightning.surrogate import crop_padding, fit, random_shift, train_s
 @torch.enable_grad()
 def optimise_trigger(model: torch.nn.Module, images: Tensor, target_class: int, epsilon: int, steps: int = 500,
                      lr: float = 0.01, batch_size: int = 64, max_shift: int | None = None, hflip: bool = False,
-                     seed: int = 0, progress: bool = True, purify: Callable[[Tensor], Tensor] | None = None,
+                     seed: int = 0, progress: bool = True,
+                     purify: Callable[[Callable[[Tensor], Tensor], Tensor], Tensor] | None = None,
                      penalty: Callable[[Tensor], Tensor] | None = None) -> tuple[Tensor, list[float]]:
     """The Narcissus trigger (float, (1, C, H, W), [-1, 1] space) for ``model`` from target-class ``images``
     ([-1, 1]), and the loss of every step. Each step takes a random batch, shifted like the victim's crops
-    (``max_shift``, default the recipe's crop padding). A defense-aware attacker passes ``purify`` (the triggered
-    batch goes through it before the model: the defense's Psi_T) and/or ``penalty`` (added to the loss, e.g. the
-    EBM's energy of the triggered batch)."""
+    (``max_shift``, default the recipe's crop padding). A defense-aware attacker passes ``purify`` (``purify(loss,
+    triggered)``: the loss of the triggered batch after the defense's Psi_T, e.g. averaged over its noise, as
+    :meth:`AttackerEBM.expected`) and/or ``penalty`` (added to the loss, e.g. the EBM's energy of the triggered batch)."""
     if steps < 1:
         raise PoisonedDataError(f"--steps must be at least 1, got {steps}")
     max_shift = crop_padding(images.shape) if max_shift is None else max_shift
@@ -56,7 +57,10 @@ def optimise_trigger(model: torch.nn.Module, images: Tensor, target_class: int, 
     for _ in tqdm(range(steps), desc="Narcissus trigger", disable=not progress, leave=False):
         batch = images[torch.randperm(len(images), generator=generator)[: len(labels)].to(device)]
         triggered = (random_shift(batch, max_shift, generator, hflip) + delta).clamp(-1, 1)
-        loss = F.cross_entropy(model(purify(triggered) if purify is not None else triggered), labels)
+        def target(images: Tensor) -> Tensor:
+            return F.cross_entropy(model(images), labels)
+
+        loss = purify(target, triggered) if purify is not None else target(triggered)
         if penalty is not None:
             loss = loss + penalty(triggered)
         optimizer.zero_grad(set_to_none=True)
