@@ -41,7 +41,8 @@ def variant(out: Path, folder: str) -> str:
     box = "white-box (the defender's clean EBM)" if white_box(aware) else f"grey-box (EBM {Path(ebm).parents[3].name})"
     how = {"bpda": "BPDA through", "exact": "exact gradient through", "energy": "low energy under"}[aware["awareness"]]
     chain = f"{how} T = {aware['chain_steps']}" if aware["awareness"] != "energy" else how + " the EBM"
-    return f"{chain}, {box}"
+    eot = f", EOT over {aware['eot']} draws" if (aware.get("eot") or 1) > 1 else ""
+    return f"{chain}{eot}, {box}"
 
 
 def evaluated_rows(out: Path) -> list[dict]:

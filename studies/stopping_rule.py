@@ -34,13 +34,15 @@ ATTACKS = ("badnets", "blended", "narcissus", "wanet", "adaptive_badnets", "adap
 
 def label(spec: dict) -> str:
     """The attack, with what the attacker optimised when it knew the defense (exact, bpda or energy), the T it
-    assumed when not 150, and "grey-box" when its EBM was not the evaluation's clean one (`white_box`)."""
+    assumed when not 150, its EOT draws when more than one, and "grey-box" when its EBM was not the evaluation's clean
+    one (`white_box`)."""
     aware = spec.get("defense_awareness") or {}
     if not aware:
         return spec["attack"]
     grey = "" if white_box(aware) else ", grey-box"
     chain = f", T = {aware['chain_steps']}" if aware["awareness"] != "energy" and aware.get("chain_steps") != 150 else ""
-    return f"{spec['attack']} ({aware['awareness']}{chain}{grey})"
+    eot = f", EOT {aware['eot']}" if (aware.get("eot") or 1) > 1 else ""
+    return f"{spec['attack']} ({aware['awareness']}{chain}{eot}{grey})"
 
 
 def purify(folder: Path, out: Path, ckpt: Path, batch_size: int, *flags: str) -> dict:

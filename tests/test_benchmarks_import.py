@@ -39,8 +39,8 @@ def test_the_stopping_rule_study_labels_each_attacker_apart(monkeypatch):
     """White-box and grey-box sets, and sets made for another T, land in separate rows of the study's table."""
     module = stopping_rule_study(monkeypatch)
 
-    def made(awareness=None, ebm="out/ebm/clean_holdout_500steps/runs/x/checkpoints/last.ckpt", chain_steps=150):
-        aware = {"awareness": awareness, "ebm": ebm, "chain_steps": chain_steps} if awareness else None
+    def made(awareness=None, ebm="out/ebm/clean_holdout_500steps/runs/x/checkpoints/last.ckpt", chain_steps=150, eot=1):
+        aware = {"awareness": awareness, "ebm": ebm, "chain_steps": chain_steps, "eot": eot} if awareness else None
         return {"attack": "adaptive_badnets" if awareness else "badnets", "defense_awareness": aware}
 
     assert module.label(made()) == "badnets"
@@ -48,6 +48,7 @@ def test_the_stopping_rule_study_labels_each_attacker_apart(monkeypatch):
     assert module.label(made("exact", chain_steps=300)) == "adaptive_badnets (exact, T = 300)"
     assert module.label(made("exact", ebm="out/ebm/poisoned_blended_c0/last.ckpt")) == "adaptive_badnets (exact, grey-box)"
     assert module.label(made("energy", chain_steps=300)) == "adaptive_badnets (energy)"
+    assert module.label(made("exact", eot=2)) == "adaptive_badnets (exact, EOT 2)"
 
 
 def test_the_stopping_rule_study_takes_an_evaluations_overlays(monkeypatch):

@@ -240,6 +240,7 @@ OVERLAYS = [  # (base, overlays, {attack: (gradient, the evaluation's EBM it nam
     ("digits", ["digits_low_energy"], {"adaptive_badnets": ("energy", "clean"), "adaptive_narcissus": ("energy", "clean")}),
     ("digits", ["digits_grey_box"], {"adaptive_badnets": ("exact", "poisoned")}),
     ("digits", ["digits_narcissus_exact"], {"adaptive_narcissus": ("exact", "clean")}),
+    ("digits", ["digits_narcissus_eot"], {"adaptive_narcissus": ("exact", "clean")}),
     ("cifar10_cpu", ["cifar10_cpu_defense_aware"], {"adaptive_badnets": ("exact", "clean")}),
     ("cifar10_cpu", ["cifar10_cpu_defense_aware", "cifar10_cpu_grey_box"], {"adaptive_badnets": ("exact", "poisoned")}),
     ("cifar10_cpu", ["cifar10_cpu_defense_aware", "cifar10_cpu_adaptive_t300"], {"adaptive_badnets": ("exact", "clean")}),
