@@ -80,3 +80,24 @@ def test_the_studies_count_one_victim_per_set_defense_and_seed(tmp_path, monkeyp
     assert [r["success_x1"] for r in module.evaluated_rows(tmp_path)] == [1.0, 0.09, 0.06, 0.8]
     (tmp_path / "plugins.json").write_text(json.dumps([rows[4]]))
     assert [r["success_x1"] for r in module.evaluated_rows(tmp_path)] == [1.0, 0.09, 0.06, 0.9]
+
+
+def test_the_security_table_names_what_each_attacker_knew(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT))
+    spec = importlib.util.spec_from_file_location("study_security_table_variant", ROOT / "studies/security_table.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    def made(folder, **aware):
+        (tmp_path / "data" / folder).mkdir(parents=True)
+        (tmp_path / "data" / folder / "poison.json").write_text(json.dumps({"defense_awareness": aware or None}))
+        return module.variant(tmp_path, folder)
+
+    clean = str(tmp_path / "ebm/clean_holdout_400steps/runs/x/checkpoints/last.ckpt")
+    assert made("a", ebm=clean, awareness="exact", chain_steps=150, eot=1) == \
+        "exact gradient through T = 150, white-box (the defender's clean EBM)"
+    assert made("b", ebm=clean, awareness="exact", chain_steps=150, eot=2) == \
+        "exact gradient through T = 150, EOT over 2 draws, white-box (the defender's clean EBM)"
+    assert made("c", ebm=str(tmp_path / "ebm/poisoned_blended_c0/runs/x/checkpoints/last.ckpt"), awareness="bpda",
+                chain_steps=300, eot=1) == "BPDA through T = 300, grey-box (EBM poisoned_blended_c0)"
+    assert made("d") == "not defense-aware"

@@ -133,3 +133,33 @@ def test_a_defense_aware_attack_without_an_ebm_says_what_it_needs(tmp_path):
     with pytest.raises(SystemExit, match="a defense-aware attack needs the EBM it attacks: --ebm_path"):
         main(["poison", "adaptive_badnets", "--out", str(tmp_path / "p"), *TINY_POISON_DATA])
     assert not (tmp_path / "p").exists()
+
+
+@pytest.mark.parametrize("eot", [1, 3])
+def test_adaptive_badnets_averages_its_signal_over_pairs_of_chains_that_share_noise(eot):
+    """Each EOT draw is a pair of chains (patched, clean) from twin generators of its own seed; the first draw's seed is
+    the single-draw attack's, and the loss is the mean of the draws' mean square signals."""
+    from pureebm_lightning.poisoning.attacks.adaptive_badnets import optimise_patch
+
+    class Attacker:  # a stand-in whose chain adds a constant set by the seed: the signal tells which draw it came from
+        energy_net, purification = torch.nn.Linear(1, 1), object()
+
+        def __init__(self):
+            self.eot, self.seeds = eot, []
+
+        def twin_generators(self, seed):
+            self.seeds.append(seed)
+            return seed, seed
+
+        def purified(self, x, generator):
+            return torch.zeros_like(x)
+
+        def chain(self, x, generator):
+            return x + float(generator % 10 + 1)
+
+    attacker, seed = Attacker(), 2
+    _, history = optimise_patch(attacker, torch.zeros(8, 1, 6, 6), torch.zeros(1, 3, 3), 0, 0, 1, 0.1, 4, seed, False)
+    base = seed * 100_003  # step 0's seed, as before EOT existed
+    assert attacker.seeds == [base + d * 1_000_003 for d in range(eot)]
+    constants = [float((base + d * 1_000_003) % 10 + 1) for d in range(eot)]  # the patch starts at 0: signal = constant
+    assert history[0] == pytest.approx(-sum(c * c for c in constants) / eot)
