@@ -31,6 +31,11 @@ def white_box(aware: dict) -> bool:
     return "/ebm/clean_" in Path(aware.get("ebm") or "").as_posix()
 
 
+def eot_draws(aware: dict) -> int:
+    """How many draws of the chain's noise the attacker averaged over (poison.json's ``defense_awareness``; 1 if none)."""
+    return aware.get("eot") or 1
+
+
 def variant(out: Path, folder: str) -> str:
     """What the attacker of ``folder`` knew, in words (from its poison.json)."""
     spec = json.loads((out / "data" / folder / "poison.json").read_text())
@@ -41,7 +46,7 @@ def variant(out: Path, folder: str) -> str:
     box = "white-box (the defender's clean EBM)" if white_box(aware) else f"grey-box (EBM {Path(ebm).parents[3].name})"
     how = {"bpda": "BPDA through", "exact": "exact gradient through", "energy": "low energy under"}[aware["awareness"]]
     chain = f"{how} T = {aware['chain_steps']}" if aware["awareness"] != "energy" else how + " the EBM"
-    eot = f", EOT over {aware['eot']} draws" if (aware.get("eot") or 1) > 1 else ""
+    eot = f", EOT over {eot_draws(aware)} draws" if eot_draws(aware) > 1 else ""
     return f"{chain}{eot}, {box}"
 
 

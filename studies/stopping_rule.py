@@ -27,7 +27,16 @@ sys.path.insert(0, str(ROOT))
 from pureebm_lightning.cli import main as pureebm  # noqa: E402
 from pureebm_lightning.evaluation.command import settings  # noqa: E402
 from pureebm_lightning.evaluation.victims import Victims, measure  # noqa: E402
-from studies.security_table import add_config_argument, add_x3, config_flags, evaluated_rows, evaluation_configs, stat, white_box  # noqa: E402,E501
+from studies.security_table import (  # noqa: E402
+    add_config_argument,
+    add_x3,
+    config_flags,
+    eot_draws,
+    evaluated_rows,
+    evaluation_configs,
+    stat,
+    white_box,
+)
 
 ATTACKS = ("badnets", "blended", "narcissus", "wanet", "adaptive_badnets", "adaptive_narcissus")
 
@@ -41,7 +50,7 @@ def label(spec: dict) -> str:
         return spec["attack"]
     grey = "" if white_box(aware) else ", grey-box"
     chain = f", T = {aware['chain_steps']}" if aware["awareness"] != "energy" and aware.get("chain_steps") != 150 else ""
-    eot = f", EOT {aware['eot']}" if (aware.get("eot") or 1) > 1 else ""
+    eot = f", EOT {eot_draws(aware)}" if eot_draws(aware) > 1 else ""
     return f"{spec['attack']} ({aware['awareness']}{chain}{eot}{grey})"
 
 

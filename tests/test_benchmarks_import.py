@@ -27,9 +27,10 @@ def test_every_benchmark_imports(script, monkeypatch):
     assert (module.__doc__ or "").strip(), f"{script.name} says what it measures in its docstring"
 
 
-def stopping_rule_study(monkeypatch):
+def study(name: str, monkeypatch):
+    """``studies/<name>.py`` as a module (its ``main`` not run), importing the package and the other studies."""
     monkeypatch.syspath_prepend(str(ROOT))
-    spec = importlib.util.spec_from_file_location("study_stopping_rule", ROOT / "studies/stopping_rule.py")
+    spec = importlib.util.spec_from_file_location(f"study_{name}", ROOT / "studies" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -37,7 +38,7 @@ def stopping_rule_study(monkeypatch):
 
 def test_the_stopping_rule_study_labels_each_attacker_apart(monkeypatch):
     """White-box and grey-box sets, and sets made for another T, land in separate rows of the study's table."""
-    module = stopping_rule_study(monkeypatch)
+    module = study("stopping_rule", monkeypatch)
 
     def made(awareness=None, ebm="out/ebm/clean_holdout_500steps/runs/x/checkpoints/last.ckpt", chain_steps=150, eot=1):
         aware = {"awareness": awareness, "ebm": ebm, "chain_steps": chain_steps, "eot": eot} if awareness else None
@@ -52,7 +53,7 @@ def test_the_stopping_rule_study_labels_each_attacker_apart(monkeypatch):
 
 
 def test_the_stopping_rule_study_takes_an_evaluations_overlays(monkeypatch):
-    module = stopping_rule_study(monkeypatch)
+    module = study("stopping_rule", monkeypatch)
     a, b = "configs/evaluate/cifar10_cpu.yaml", "configs/evaluate/cifar10_cpu_defense_aware.yaml"
     assert module.arguments(["--out", "x", "--config", a, "--config", b]).config == [a, b]  # repeated, as for `pureebm evaluate`
     assert module.arguments(["--out", "x", "--config", a, b]).config == [a, b]
@@ -62,10 +63,7 @@ def test_the_stopping_rule_study_takes_an_evaluations_overlays(monkeypatch):
 def test_the_studies_count_one_victim_per_set_defense_and_seed(tmp_path, monkeypatch):
     """A set purified again (another run into the folder) leaves two victims of one cell in victims.jsonl: the studies
     keep the one the latest evaluation reported, else the last written, and never average both."""
-    monkeypatch.syspath_prepend(str(ROOT))
-    spec = importlib.util.spec_from_file_location("study_security_table", ROOT / "studies/security_table.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = study("security_table", monkeypatch)
 
     def row(folder, defense, defended, seed, success):
         return {"key": f"{folder}|{defense}|{defended}|seed{seed}|epochs30", "victim_seed": seed, "success_x1": success}
@@ -83,10 +81,7 @@ def test_the_studies_count_one_victim_per_set_defense_and_seed(tmp_path, monkeyp
 
 
 def test_the_security_table_names_what_each_attacker_knew(tmp_path, monkeypatch):
-    monkeypatch.syspath_prepend(str(ROOT))
-    spec = importlib.util.spec_from_file_location("study_security_table_variant", ROOT / "studies/security_table.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = study("security_table", monkeypatch)
 
     def made(folder, **aware):
         (tmp_path / "data" / folder).mkdir(parents=True)

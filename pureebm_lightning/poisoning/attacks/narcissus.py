@@ -53,13 +53,14 @@ def optimise_trigger(model: torch.nn.Module, images: Tensor, target_class: int, 
     optimizer = torch.optim.RAdam([delta], lr=lr)
     labels = torch.full((min(batch_size, len(images)),), target_class, device=device)
     model.requires_grad_(False)
+
+    def target(triggered: Tensor) -> Tensor:  # the loss towards the target class (of a purified batch, with purify)
+        return F.cross_entropy(model(triggered), labels)
+
     history = []
     for _ in tqdm(range(steps), desc="Narcissus trigger", disable=not progress, leave=False):
         batch = images[torch.randperm(len(images), generator=generator)[: len(labels)].to(device)]
         triggered = (random_shift(batch, max_shift, generator, hflip) + delta).clamp(-1, 1)
-        def target(images: Tensor) -> Tensor:
-            return F.cross_entropy(model(images), labels)
-
         loss = purify(target, triggered) if purify is not None else target(triggered)
         if penalty is not None:
             loss = loss + penalty(triggered)
